@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app, fail
-from scaling.errors import InputError
+from pipeline.cli.config_files import read_section, read_yaml
 from scaling.units import format_quantity
 from stages.artifacts import is_complete
 from stages.tokenize import TokenizeConfig, tokenize, tokenize_path
@@ -28,48 +26,10 @@ SECTION = "data"
 DEFAULT_STORE = "store"
 
 
-def validation_message(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """One line for the first error of a pydantic ValidationError: the field, the value and what is allowed."""
-    first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
-    if first["type"] == "value_error":
-        # our validators write "field: value ... allowed"; make the field a full dotted path
-        message = str(first["ctx"]["error"])
-        field, _, rest = message.partition(": ")
-        if rest and " " not in field:
-            loc = loc if loc and loc[-1] == field else [*loc, field]
-            message = rest
-        return f"{'.'.join([prefix, *loc]).strip('.')}: {message}"
-    where = ".".join([prefix, *loc]).strip(".")
-    if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_fields_at(model, loc[:-1]))
-        return f"{where}: unknown setting; allowed: {allowed}"
-    return f"{where}: {first['input']!r} is not allowed: {first['msg']}"
-
-
-def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    for name in path:
-        field = model.model_fields.get(name)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
-
-
 def load_tokenize_config(path: Path) -> tuple[TokenizeConfig, Path]:
     """The `data` section of a YAML file as a TokenizeConfig, and its store root; InputError if bad."""
-    if not path.is_file():
-        raise InputError(f"config: {str(path)!r} does not exist")
-    try:
-        document: Any = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"config: {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(document, dict) or not isinstance(document.get(SECTION), dict):
-        raise InputError(f"config: {str(path)!r} has no '{SECTION}:' section (the corpus and tokenizer settings)")
-    try:
-        config = TokenizeConfig.model_validate(document[SECTION])
-    except ValidationError as err:
-        raise InputError(validation_message(err, TokenizeConfig, prefix=SECTION)) from err
+    document = read_yaml(path)
+    config = read_section(document, SECTION, TokenizeConfig, path, "the corpus and tokenizer settings")
     return config, Path(document.get("store") or DEFAULT_STORE)
 
 

@@ -1,0 +1,175 @@
+"""Corpus sources, all read through HF `datasets` into one `text` column, one row per document.
+
+* `stdlib`: the running Python's standard library sources, one document per `.py` file in
+  sorted path order. Every Python install has it, so the main job needs no download.
+* `local`: a file or folder of plain text (one document per file, line or paragraph),
+  JSON lines or Parquet; the text column is configurable.
+* `hub`: a dataset name on the Hugging Face Hub, for machines that can reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import sysconfig
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scaling.errors import InputError
+
+if TYPE_CHECKING:
+    import datasets
+
+_FORMATS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_COMPRESSION = {".gz", ".bz2", ".xz", ".zst"}
+_NOT_STDLIB = {"site-packages", "dist-packages"}
+
+
+class CorpusConfig(BaseModel):
+    """Where the documents come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["stdlib", "local", "hub"] = "stdlib"
+    path: str | None = Field(None, description="local: a file or a folder of .txt/.jsonl/.json/.parquet files")
+    format: Literal["auto", "text", "json", "parquet"] = "auto"
+    text_unit: Literal["document", "line", "paragraph"] = Field(
+        "document", description="plain text files only: one document per file, line or paragraph"
+    )
+    name: str | None = Field(None, description="hub: the dataset name, e.g. allenai/c4")
+    subset: str | None = Field(None, description="hub: the dataset's configuration name")
+    split: str = "train"
+    revision: str | None = None
+    text_field: str = "text"
+    max_documents: int | None = Field(None, ge=1, description="keep only the first N documents in source order")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> CorpusConfig:
+        if self.source == "local" and not self.path:
+            raise ValueError("path: is required when source is 'local' (a file or folder of text, JSON lines or Parquet)")
+        if self.source == "hub" and not self.name:
+            raise ValueError("name: is required when source is 'hub' (a dataset name such as allenai/c4)")
+        if self.source != "local" and self.path:
+            raise ValueError(f"path: {self.path!r} is only used when source is 'local' (source is {self.source!r})")
+        if self.source != "hub" and self.name:
+            raise ValueError(f"name: {self.name!r} is only used when source is 'hub' (source is {self.source!r})")
+        return self
+
+
+def stdlib_files() -> list[Path]:
+    """The running Python's standard-library `.py` files (no site-packages), sorted by path."""
+    files = []
+    for folder, subfolders, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subfolders[:] = [name for name in subfolders if name not in _NOT_STDLIB]
+        files.extend(Path(folder, name) for name in names if name.endswith(".py"))
+    return sorted(files)
+
+
+def _file_format(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes.pop()
+    return _FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def local_files(config: CorpusConfig) -> tuple[str, list[Path]]:
+    """The format and the sorted files of a local corpus; InputError if missing or ambiguous."""
+    root = Path(config.path or "")
+    if not root.exists():
+        raise InputError(f"corpus.path: {config.path!r} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and _file_format(p))
+    if not files:
+        raise InputError(f"corpus.path: {config.path!r} holds no .txt, .jsonl, .json or .parquet files")
+    if not any(p.stat().st_size for p in files):
+        raise InputError(f"corpus: {config.path!r} is empty (no documents)")
+    if config.format != "auto":
+        return config.format, files
+    formats = {_file_format(p) for p in files}
+    if len(formats) != 1 or None in formats:
+        raise InputError(
+            f"corpus.format: 'auto' cannot tell the format of {config.path!r} (found {sorted(map(str, formats))}); "
+            f"set format to text, json or parquet"
+        )
+    return formats.pop(), files
+
+
+def corpus_identity(config: CorpusConfig) -> dict:
+    """What identifies the input data, for the artifact hash: file sizes and times, or the Python version."""
+    if config.source == "hub":
+        return {"hub": config.name, "subset": config.subset, "split": config.split, "revision": config.revision}
+    if config.source == "stdlib":
+        files = stdlib_files()
+        identity = {"python": sys.version, "implementation": platform.python_implementation()}
+    else:
+        files = local_files(config)[1]
+        identity = {"path": str(Path(config.path or "").resolve())}
+    listing = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        listing.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {**identity, "files": len(files), "bytes": sum(p.stat().st_size for p in files), "listing": listing.hexdigest()}
+
+
+def _read_sources(paths: list[str]):
+    for path in paths:
+        yield {"text": Path(path).read_bytes().decode("utf-8", errors="replace")}
+
+
+def load_corpus(config: CorpusConfig, cache_dir: Path) -> datasets.Dataset:
+    """Load the documents as a `datasets.Dataset` with one `text` column, in source order.
+
+    Local and built-in corpora are prepared under `cache_dir`; Hub corpora use the HF cache.
+    """
+    import datasets
+
+    if config.source == "stdlib":
+        paths = [str(p) for p in stdlib_files()[: config.max_documents]]
+        features = datasets.Features({"text": datasets.Value("string")})
+        dataset = datasets.Dataset.from_generator(
+            _read_sources, gen_kwargs={"paths": paths}, features=features, cache_dir=str(cache_dir)
+        )
+        return _text_column(dataset, "text", config)
+    if config.source == "local":
+        fmt, files = local_files(config)
+        options = {"sample_by": config.text_unit} if fmt == "text" else {}
+        try:
+            dataset = datasets.load_dataset(
+                fmt, data_files=[str(p) for p in files], split="train", cache_dir=str(cache_dir), **options
+            )
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
+            raise InputError(f"corpus.path: cannot read {config.path!r} as {fmt}: {_root_cause(err)}") from err
+        return _text_column(dataset, "text" if fmt == "text" else config.text_field, config)
+    dataset = datasets.load_dataset(config.name, config.subset, split=config.split, revision=config.revision)
+    return _text_column(dataset, config.text_field, config)
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _text_column(dataset: datasets.Dataset, field: str, config: CorpusConfig) -> datasets.Dataset:
+    if field not in dataset.column_names:
+        raise InputError(
+            f"corpus.text_field: {config.text_field!r} is not a column of the corpus; its columns are {dataset.column_names}"
+        )
+    dtype = getattr(dataset.features[field], "dtype", None)
+    if dtype not in ("string", "large_string"):
+        raise InputError(f"corpus.text_field: column {field!r} holds {dataset.features[field]}, not text")
+    dataset = dataset.select_columns([field])
+    if field != "text":
+        dataset = dataset.rename_column(field, "text")
+    if config.max_documents is not None and len(dataset) > config.max_documents:
+        dataset = dataset.select(range(config.max_documents))
+    if len(dataset) == 0:
+        raise InputError(f"corpus: {_describe(config)} holds no documents")
+    return dataset
+
+
+def _describe(config: CorpusConfig) -> str:
+    return {"stdlib": "the Python standard library", "local": repr(config.path), "hub": repr(config.name)}[config.source]
