@@ -1,0 +1,118 @@
+"""Starting a run on this machine: in this process, or as `processes` ranks under torchrun.
+
+`train(config, data_path, store)` returns the finished run directory, reusing it when its
+`SUCCESS` exists and resuming from its latest checkpoint otherwise. One torch rank runs in this
+process; several ranks (or a DeepSpeed run, which always wants a process group) run under
+`python -m torch.distributed.run`, whose progress is followed through `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scaling.errors import InputError
+from stages.artifacts import SUCCESS, artifact_dir, is_complete
+from stages.data import TokenData
+from stages.distributed import free_port
+from stages.metrics import METRICS
+from stages.run_config import RunConfig
+from stages.train import FAILED, RECORD, Progress, RunDiverged, run_hash, train_loop, write_run_config
+
+STAGE = "train"
+WORKER_LOG = "workers.log"
+
+
+class WorkersFailed(RuntimeError):
+    """The ranks of a run exited with an error; the message ends with their log's last lines."""
+
+
+def run_path(config: RunConfig, data_path: Path, store: Path) -> Path:
+    """Where the run lives in the store: `<store>/train/<name>-<hash>`."""
+    return artifact_dir(store, STAGE, config.name, run_hash(config, TokenData(data_path)))
+
+
+def read_record(run_dir: Path) -> dict:
+    """The run record of a finished run."""
+    return json.loads((Path(run_dir) / RECORD).read_text())
+
+
+def check_fits_data(config: RunConfig, data: TokenData) -> None:
+    """InputError unless the corpus holds the run's U unique tokens and a validation window of seq_len + 1."""
+    data.budget(config.unique_tokens)
+    validation = min(data.manifest["validation"]["tokens"], config.eval_tokens or data.manifest["validation"]["tokens"])
+    if validation <= config.seq_len:
+        raise InputError(
+            f"seq_len: {config.seq_len} is not shorter than the {validation} validation tokens of {data.manifest['name']}; "
+            f"raise data.validation_tokens or lower seq_len"
+        )
+
+
+def train(config: RunConfig, data_path: Path, store: Path, progress: Progress | None = None) -> Path:
+    """Train and evaluate one run (or reuse the finished one); return its run directory."""
+    run_dir = run_path(config, data_path, store)
+    if is_complete(run_dir):
+        return run_dir
+    check_fits_data(config, TokenData(data_path))
+    write_run_config(config, run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
+    if config.processes == 1 and config.backend == "torch":
+        train_loop(config, data_path, run_dir, progress)
+    else:
+        _torchrun(config, data_path, run_dir, progress)
+    (run_dir / SUCCESS).write_text("")
+    return run_dir
+
+
+def _torchrun(config: RunConfig, data_path: Path, run_dir: Path, progress: Progress | None) -> None:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.processes)))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={config.processes}",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "stages.train", str(run_dir), str(data_path),
+    ]  # fmt: skip
+    log_path = run_dir / WORKER_LOG
+    with open(log_path, "w") as log:
+        workers = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        follower = _MetricsFollower(run_dir / METRICS, config.tokens // config.batch_tokens)
+        try:
+            while workers.poll() is None:
+                follower.report(progress)
+                time.sleep(0.2)
+            follower.report(progress)
+        finally:
+            if workers.poll() is None:
+                workers.kill()
+                workers.wait()
+    if workers.returncode == 0 and (run_dir / RECORD).exists():
+        return
+    if (run_dir / FAILED).exists():
+        failed = json.loads((run_dir / FAILED).read_text())
+        raise RunDiverged(failed["step"], failed["reason"])
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+    raise WorkersFailed(f"the {config.processes} ranks of {run_dir.name} exited with {workers.returncode}; {log_path}:\n" + "\n".join(tail))
+
+
+class _MetricsFollower:
+    """Reads the lines rank 0 appends to metrics.jsonl and passes them to a progress callback."""
+
+    def __init__(self, path: Path, total_steps: int):
+        self.path = path
+        self.total_steps = total_steps
+        self.position = 0
+
+    def report(self, progress: Progress | None) -> None:
+        if progress is None or not self.path.exists():
+            return
+        with open(self.path) as handle:
+            if os.fstat(handle.fileno()).st_size < self.position:
+                self.position = 0  # a resumed run cut the file back to its checkpoint
+            handle.seek(self.position)
+            while (line := handle.readline()).endswith("\n"):
+                self.position = handle.tell()
+                progress(json.loads(line), self.total_steps)

@@ -1,0 +1,109 @@
+"""Per-step metrics of a run: a JSONL file that is the record, MFU against the device's peak, a W&B mirror.
+
+`metrics.jsonl` has one line per logged step (loss, lr, tokens seen, epoch, tokens/s, MFU when the
+peak is known). A resumed run first cuts the file back to its checkpoint's step, so the file of a
+run that was interrupted equals that of one that was not (timings aside).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from stages.run_config import WandbConfig
+
+METRICS = "metrics.jsonl"
+
+# Dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (no sparsity).
+BF16_PEAK_FLOPS = {
+    "H200": 989.4e12,
+    "H100 PCIe": 756.0e12,
+    "H100": 989.4e12,
+    "A100": 312.0e12,
+    "L40S": 362.05e12,
+    "A10G": 70.0e12,
+    "RTX 4090": 165.2e12,
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's peak FLOP/s for this precision: DCSL_PEAK_FLOPS if set, else the bf16 table for GPUs."""
+    override = os.environ.get("DCSL_PEAK_FLOPS")
+    if override:
+        return float(override)
+    if device.type != "cuda" or precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_FLOPS.items() if key in name), None)
+
+
+class MetricsLog:
+    """Appends metric records to `<run>/metrics.jsonl`, cut back to `resume_step` first."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = Path(run_dir) / METRICS
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True) if _step(line) <= (resume_step or 0)]
+            temporary = self.path.with_name(f".{METRICS}.tmp")
+            temporary.write_text("".join(kept) if resume_step is not None else "")
+            temporary.replace(self.path)
+        self.handle = open(self.path, "a")
+
+    def write(self, record: dict) -> None:
+        """Append one record and flush it to the file."""
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.handle.close()
+
+
+def _step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError):
+        return 1 << 62  # a torn last line from a kill: dropped
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The metric records of a run."""
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+class WandbMirror:
+    """One W&B run per training run (offline unless the config or WANDB_MODE says otherwise)."""
+
+    def __init__(self, settings: WandbConfig, run_dir: Path, name: str, run_id: str, config: dict):
+        import wandb
+
+        mode = settings.mode or os.environ.get("WANDB_MODE") or "offline"
+        self.run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            name=name,
+            id=run_id,
+            dir=str(run_dir),
+            mode=mode,
+            config=config,
+            resume="allow",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True, save_code=False),
+        )
+
+    @property
+    def directory(self) -> str | None:
+        """The W&B run's own folder (`.../wandb/offline-run-...`), None when disabled."""
+        return None if self.run.disabled else str(Path(self.run.dir).parent)
+
+    def log(self, record: dict) -> None:
+        """Mirror one metric record at its step."""
+        self.run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
+
+    def finish(self, summary: dict) -> None:
+        """Fill the summary and close the run."""
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        self.run.finish()

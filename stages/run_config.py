@@ -1,0 +1,131 @@
+"""The configuration of one training run (one point of a scaling-law study), checked before any work.
+
+A run trains a model on exactly `tokens` (D) tokens drawn, in repeated seeded epochs, from the
+first `unique_tokens` (U) tokens of a tokenize artifact's training region; then it is evaluated on
+the artifact's fixed validation split. Sizes accept `25M`, `1.5B`, `1e9`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stages.fields import Count
+from stages.model import ModelConfig
+from stages.schedule import Schedule
+
+# Fields that change how a run is carried out, not what it computes: kept out of the run's hash.
+OPERATIONAL_FIELDS = {"processes", "micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "eval_batch_size", "wandb"}
+
+
+class OptimizerConfig(BaseModel):
+    """AdamW with linear warmup and cosine decay to `final_lr_ratio` of the peak at D."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate")
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the run's D tokens spent warming up")
+    final_lr_ratio: float = Field(0.1, ge=0, le=1, description="the rate at D as a fraction of the peak")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global gradient norm; 0 turns clipping off")
+
+
+class WandbConfig(BaseModel):
+    """The Weights & Biases mirror: one W&B run per training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None, description="default: the WANDB_MODE environment variable, else offline"
+    )
+    project: str = "dcsl"
+    entity: str | None = None
+
+
+class RunConfig(BaseModel):
+    """One training run: model, data budget (D tokens from U unique), batch, optimiser, backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the run's name in the store")
+    model: ModelConfig
+    seq_len: int = Field(..., ge=2, description="tokens per training sequence (T)")
+    tokens: Count = Field(..., description="D: training tokens, a multiple of seq_len")
+    unique_tokens: Count = Field(..., description="U: the unique-token budget the D tokens repeat over")
+    batch_tokens: Count = Field(..., description="tokens per optimiser step (global, all ranks), a multiple of seq_len")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per rank per forward pass; default: no gradient accumulation"
+    )
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    backend: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: Literal[1, 2] = Field(2, description="DeepSpeed ZeRO stage (backend deepspeed only)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = Field(False, description="torch.compile the model")
+    seed: int = Field(0, description="seed of the initialisation and of the epoch permutations")
+    processes: int = Field(1, ge=1, le=1024, description="ranks `train` launches on this machine (torchrun, Ray set their own)")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
+    keep_checkpoints: int = Field(1, ge=1, description="how many of the latest checkpoints to keep")
+    log_every: int = Field(1, ge=1, description="steps between metric lines (and divergence checks)")
+    eval_tokens: Count | None = Field(None, description="use the first eval_tokens validation tokens; default: all")
+    eval_batch_size: int = Field(16, ge=1, description="sequences per rank per evaluation forward pass")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.seq_len >= self.unique_tokens:
+            raise ValueError(
+                f"seq_len: {self.seq_len} is not shorter than unique_tokens {self.unique_tokens}; a sequence needs seq_len + 1 unique tokens"
+            )
+        if self.tokens % self.seq_len:
+            raise ValueError(f"tokens: {self.tokens} is not a multiple of seq_len {self.seq_len}")
+        if self.batch_tokens % self.seq_len:
+            raise ValueError(f"batch_tokens: {self.batch_tokens} is not a multiple of seq_len {self.seq_len}")
+        if self.tokens % self.batch_tokens:
+            steps = self.tokens // self.batch_tokens
+            nearest = sorted({max(1, steps), steps + 1})
+            raise ValueError(
+                f"tokens: {self.tokens} is not a whole number of steps of batch_tokens {self.batch_tokens}; "
+                f"use e.g. {' or '.join(str(n * self.batch_tokens) for n in nearest)}"
+            )
+        self.check_world(self.processes)
+        if self.eval_tokens is not None and self.eval_tokens <= self.seq_len:
+            raise ValueError(f"eval_tokens: {self.eval_tokens} must exceed seq_len {self.seq_len}")
+        if self.backend == "deepspeed" and self.compile:
+            raise ValueError("compile: true is only supported with backend torch")
+        return self
+
+    def check_world(self, world: int) -> None:
+        """ValueError unless a step's sequences split evenly into `world` ranks of whole micro-batches."""
+        if self.batch_size % world:
+            raise ValueError(f"batch_tokens: {self.batch_size} sequences per step do not split evenly over {world} ranks")
+        if self.micro_batch_size is not None and (self.batch_size // world) % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size: {self.micro_batch_size} does not divide the {self.batch_size // world} sequences "
+                f"each of {world} ranks gets per step"
+            )
+
+    def micro_batching(self, world: int) -> tuple[int, int]:
+        """(sequences per micro-batch, micro-batches per step) on each of `world` ranks."""
+        self.check_world(world)
+        per_rank = self.batch_size // world
+        micro = self.micro_batch_size or per_rank
+        return micro, per_rank // micro
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per optimiser step, all ranks together."""
+        return self.batch_tokens // self.seq_len
+
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule over exactly this run's D tokens."""
+        opt = self.optimizer
+        return Schedule(opt.lr, int(round(opt.warmup * self.tokens)), self.tokens, opt.final_lr_ratio)
+
+    def hashed(self) -> dict:
+        """The part of the config that determines the run's numbers (operational fields left out)."""
+        return self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)

@@ -1,0 +1,256 @@
+"""The train stage: one run of a scaling-law study, N parameters trained on D tokens repeated over U.
+
+`train_loop` is what every rank runs: from a plain process, from `torchrun -m stages.train RUN_DIR
+DATA_DIR`, or from Ray Train's `TorchTrainer` (the process group is then already there). It
+resumes from the run directory's latest checkpoint, trains to exactly D tokens, evaluates the final
+weights on the fixed validation split, and rank 0 writes the run record `run.json`. A run whose
+loss turns NaN or infinite stops at once and writes `failed.json` (step and reason) instead.
+
+Run directory, `<store>/train/<name>-<hash>/` (the hash covers the run's numbers-relevant config
+and the tokenize artifact's hash):
+  run_config.json   the resolved config       metrics.jsonl   one line per logged step
+  checkpoints/      the latest checkpoints    run.json        the run record (success only)
+  wandb/            the W&B mirror            failed.json     step and reason of a divergence
+  SUCCESS           written last, by the launcher
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from scaling.atomic import write_text_atomic
+from stages import checkpoint, distributed
+from stages.artifacts import config_hash
+from stages.data import TokenData
+from stages.engines import make_engine
+from stages.evaluate import validation_loss
+from stages.metrics import MetricsLog, WandbMirror, peak_flops
+from stages.model import Transformer, token_losses
+from stages.run_config import RunConfig
+from stages.sampler import SequenceSampler
+
+RUN_CONFIG = "run_config.json"
+RECORD = "run.json"
+FAILED = "failed.json"
+
+Progress = Callable[[dict, int], None]
+"""progress(metric record, total steps), called on rank 0 after each logged step."""
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the run is recorded as failed, never as a result."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"run diverged at step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+def run_hash(config: RunConfig, data: TokenData) -> str:
+    """The hash of what fixes a run's numbers: its config (operational fields left out) and its data."""
+    return config_hash({"format": 1, "run": config.hashed(), "data": data.manifest["hash"]})
+
+
+def write_run_config(config: RunConfig, run_dir: Path) -> None:
+    """Save the resolved config where the ranks read it (`RUN_CONFIG` in the run directory)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(run_dir) / RUN_CONFIG, config.model_dump_json(indent=2) + "\n")
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a run directory was started with."""
+    return RunConfig.model_validate_json((Path(run_dir) / RUN_CONFIG).read_text())
+
+
+def _precision(config: RunConfig, device: torch.device) -> str:
+    return config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+
+def _autocast(config: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if _precision(config, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _set_threads(device: torch.device) -> None:
+    """On CPU, share the cores among this machine's ranks unless the user chose a thread count."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Progress | None = None) -> dict | None:
+    """Train and evaluate one run on this rank (resuming from its latest checkpoint); rank 0 returns the record."""
+    owns_group = not dist.is_initialized()
+    ranks = distributed.start(config.device, config.backend)
+    try:
+        return _train(config, TokenData(data_path), Path(run_dir), ranks, progress)
+    finally:
+        if owns_group:
+            distributed.stop()
+
+
+def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None) -> dict | None:
+    started = time.perf_counter()
+    _set_threads(ranks.device)
+    micro_batch, micro_steps = config.micro_batching(ranks.world)
+    per_rank = micro_batch * micro_steps
+    sampler = SequenceSampler(data.budget(config.unique_tokens), config.seq_len, config.batch_size, config.tokens, config.seed)
+    shape = config.model.shape(data.manifest["tokenizer"]["vocab_size"], config.seq_len)
+    schedule = config.schedule()
+    autocast = _autocast(config, ranks.device)
+
+    torch.manual_seed(config.seed)
+    model = Transformer(shape).to(ranks.device)
+    engine = make_engine(model, config, ranks, micro_steps, micro_batch)
+
+    resume = checkpoint.latest(run_dir)
+    state = checkpoint.load(resume, engine, ranks) if resume else {"step": 0, "train_seconds": 0.0, "resumed_at": []}
+    start_step = state["step"]
+    resumed_at = [*state["resumed_at"], start_step] if resume else []
+
+    peak = peak_flops(ranks.device, _precision(config, ranks.device))
+    flops_per_token = shape.flops_per_token
+    identity = run_hash(config, data)
+    log = MetricsLog(run_dir, start_step if resume else None) if ranks.is_main else None
+    mirror = None
+    if ranks.is_main and config.wandb.mode != "disabled":
+        mirror = WandbMirror(config.wandb, run_dir, config.name, identity, {**config.hashed(), "params": shape.params.total})
+
+    train_seconds = state["train_seconds"]
+    last_loss = state.get("train_loss", math.nan)
+    window_start, window_tokens = time.perf_counter(), 0
+    for batch in sampler.batches(start_step):
+        step_tokens = len(batch.tokens) * config.seq_len
+        engine.set_lr(schedule.lr((batch.step + 1) * config.batch_tokens))
+        local = torch.from_numpy(batch.tokens[ranks.rank * per_rank : (ranks.rank + 1) * per_rank]).to(ranks.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
+        for index in range(micro_steps):
+            micro = local[index * micro_batch : (index + 1) * micro_batch]
+            with engine.micro_context(last=index == micro_steps - 1):
+                with autocast:
+                    logits = engine.forward(micro[:, :-1])
+                loss = token_losses(logits, micro[:, 1:]).mean()
+                engine.backward(loss)
+            loss_sum += loss.detach().double()
+        grad_norm = engine.finish_step()
+        window_tokens += step_tokens
+        done = batch.step + 1
+        if done % config.log_every and done != sampler.num_steps:
+            continue
+        (loss_total,) = distributed.all_sum([float(loss_sum) / micro_steps], ranks.device)
+        last_loss = loss_total / ranks.world
+        now = time.perf_counter()
+        train_seconds += now - window_start
+        rate = window_tokens / (now - window_start)
+        window_start, window_tokens = now, 0
+        record = {
+            "step": done,
+            "loss": last_loss,
+            "lr": schedule.lr(done * config.batch_tokens),
+            "tokens": done * config.batch_tokens,
+            "epoch": batch.epoch,
+            "epochs": done * config.batch_tokens / sampler.tokens_per_epoch,
+            "grad_norm": grad_norm,
+            "tokens_per_s": rate,
+            "mfu": rate * flops_per_token.full / (peak * ranks.world) if peak else None,
+        }
+        if not math.isfinite(last_loss):
+            _fail(run_dir, ranks, done, f"training loss is {last_loss} (lr {record['lr']:.3g}, grad norm {grad_norm:.3g})", mirror, log)
+        if ranks.is_main:
+            log.write(record)
+            if mirror:
+                mirror.log(record)
+            if progress:
+                progress(record, sampler.num_steps)
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < sampler.num_steps:
+            extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss}
+            checkpoint.save(run_dir, done, extra, engine, ranks, config.keep_checkpoints)
+            window_start = time.perf_counter()
+
+    if start_step < sampler.num_steps or resume is None:
+        extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss}
+        checkpoint.save(run_dir, sampler.num_steps, extra, engine, ranks, config.keep_checkpoints)
+
+    validation = data.validation()[: config.eval_tokens]
+    val_loss, val_tokens = validation_loss(model, validation, config.seq_len, config.eval_batch_size, ranks, autocast)
+    if not math.isfinite(val_loss):
+        _fail(run_dir, ranks, sampler.num_steps, f"validation loss is {val_loss}", mirror, log)
+    if not ranks.is_main:
+        return None
+    params = shape.params
+    record = {
+        "name": config.name,
+        "status": "succeeded",
+        "run_hash": identity,
+        "config_hash": config_hash(config.hashed()),
+        "data_hash": data.manifest["hash"],
+        "seed": config.seed,
+        "params": params.total,
+        "params_non_embedding": params.non_embedding,
+        "params_embedding": params.embedding,
+        "shape": {"layers": shape.layers, "width": shape.width, "heads": shape.heads, "vocab_size": shape.vocab_size,
+                  "seq_len": shape.seq_len, "mlp_ratio": shape.mlp_ratio, "positions": shape.positions,
+                  "tie_embeddings": shape.tie_embeddings},
+        "tokens": config.tokens,
+        "unique_tokens": config.unique_tokens,
+        "epochs": config.tokens / config.unique_tokens,
+        "steps": sampler.num_steps,
+        "val_loss": val_loss,
+        "val_tokens": val_tokens,
+        "train_loss": last_loss,
+        "flops": 6 * params.non_embedding * config.tokens,
+        "flops_full": flops_per_token.full * config.tokens,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "tokens_per_s": config.tokens / train_seconds if train_seconds > 0 else None,
+        "mfu": config.tokens / train_seconds * flops_per_token.full / (peak * ranks.world) if peak and train_seconds > 0 else None,
+        "peak_flops": peak,
+        "backend": config.backend,
+        "world_size": ranks.world,
+        "device": torch.cuda.get_device_name(ranks.device) if ranks.device.type == "cuda" else "cpu",
+        "host": socket.gethostname(),
+        "resumed_at": resumed_at,
+        "wandb_dir": mirror.directory if mirror else None,
+    }
+    if mirror:
+        mirror.finish(record)
+    log.close()
+    write_text_atomic(run_dir / RECORD, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _fail(run_dir: Path, ranks: distributed.Ranks, step: int, reason: str, mirror, log) -> None:
+    """Record a divergence (rank 0) and stop every rank with RunDiverged."""
+    if ranks.is_main:
+        write_text_atomic(run_dir / FAILED, json.dumps({"status": "failed", "step": step, "reason": reason}, indent=2) + "\n")
+        if mirror:
+            mirror.finish({"status": "failed", "failed_step": step})
+        log.close()
+    raise RunDiverged(step, reason)
+
+
+def main(argv: list[str]) -> int:
+    """`torchrun ... -m stages.train RUN_DIR DATA_DIR`: run this rank of the run set up in RUN_DIR."""
+    run_dir, data_path = Path(argv[0]), Path(argv[1])
+    try:
+        train_loop(read_run_config(run_dir), data_path, run_dir)
+    except RunDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
