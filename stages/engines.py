@@ -1,44 +1,75 @@
 """The two training backends behind one small interface: plain torch (one process or DDP) and DeepSpeed ZeRO.
 
-One optimiser step is: `set_lr`, then for each micro-batch `micro_context` around the forward and
-`backward` of that micro-batch's mean loss, then `finish_step`. Both backends average gradients
-over micro-batches and ranks the same way, so a global batch gives the same update whatever the
-world size and accumulation (up to float rounding). Checkpoints go through `save` / `load`.
+One optimiser step is: `set_lr`, then for each micro-batch `micro_context` around `loss` (the
+micro-batch's mean token loss; `forward` gives the logits alone) and its `backward`, then
+`finish_step`. Both backends average gradients over micro-batches and ranks the same way, so a
+global batch gives the same update whatever the world size and accumulation (up to float
+rounding). Checkpoints go through `save` / `load`.
+
+On a GPU the torch backend uses the fused AdamW kernel, `torch.compile` (config `compile`) takes
+the loss into the model's graph (so the fp32 log-softmax over the vocabulary never materialises
+in memory), and `finish_step` hands back the gradient norm as a device tensor so that the loop
+waits for the GPU only on the steps it logs. On CPU the arithmetic is the plain per-parameter
+AdamW's, op for op.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from stages.distributed import Ranks
+from stages.model import token_losses
 from stages.run_config import RunConfig
 
 
-def adamw(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm scales and other vectors are not decayed)."""
+def adamw(model: nn.Module, config: RunConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm scales and other vectors are not decayed).
+
+    `fused`: one CUDA kernel for all parameters (GPU only); otherwise the per-parameter loop.
+    """
     opt = config.optimizer
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, foreach=False)
+    implementation = {"fused": True} if fused else {"foreach": False}
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, **implementation)
+
+
+TokenLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""losses(logits, targets): per-token losses, shape of targets (`stages.model.token_losses`)."""
+
+
+class _WithLoss(nn.Module):
+    """The model and, given targets, its mean token loss: one module, so one compiled graph holds both."""
+
+    def __init__(self, model: nn.Module, losses: TokenLosses):
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(inputs)
+        return logits if targets is None else self.losses(logits, targets).mean()
 
 
 class TorchEngine:
     """One process, or DistributedDataParallel over several; gradient accumulation with `no_sync`."""
 
-    def __init__(self, model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int):
+    def __init__(self, model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, losses: TokenLosses = token_losses):
         self.module = model
-        self.optimizer = adamw(model, config)
+        self.on_gpu = ranks.device.type == "cuda"
+        self.optimizer = adamw(model, config, fused=self.on_gpu)
         self.grad_clip = config.optimizer.grad_clip
         self.micro_steps = micro_steps
-        runner: nn.Module = model
+        runner: nn.Module = _WithLoss(model, losses)
         if ranks.world > 1:
             device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-            runner = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            runner = nn.parallel.DistributedDataParallel(runner, device_ids=device_ids)
         self.ddp = runner if ranks.world > 1 else None
         self.runner = torch.compile(runner) if config.compile else runner
 
@@ -55,17 +86,25 @@ class TorchEngine:
         """Logits of a micro-batch."""
         return self.runner(inputs)
 
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean token loss of a micro-batch: the per-token `losses` of its logits, averaged."""
+        return self.runner(inputs, targets)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate the gradient of one micro-batch's mean loss (scaled by the accumulation count)."""
         (loss / self.micro_steps).backward()
 
-    def finish_step(self) -> float:
-        """Clip, apply the update, clear the gradients; return the gradient norm before clipping."""
+    def finish_step(self) -> float | torch.Tensor:
+        """Clip, apply the update, clear the gradients; return the gradient norm before clipping.
+
+        On CPU a float; on a GPU a 0-dim device tensor, read (`float`) only when needed, since
+        reading it waits for the step to finish on the device.
+        """
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = float(nn.utils.clip_grad_norm_(self.module.parameters(), max_norm))
+        norm = nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norm.detach() if self.on_gpu else float(norm)
 
     def save(self, folder: Path, ranks: Ranks) -> None:
         """Model and optimiser state (identical on every rank, so rank 0 writes it)."""
@@ -84,7 +123,9 @@ class DeepSpeedEngine:
 
     TAG = "engine"
 
-    def __init__(self, model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, micro_batch: int):
+    def __init__(
+        self, model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, micro_batch: int, losses: TokenLosses = token_losses
+    ):
         import deepspeed
 
         settings = {
@@ -98,6 +139,7 @@ class DeepSpeedEngine:
             "wall_clock_breakdown": False,
         }
         self.module = model
+        self.losses = losses
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(model, config), config=settings)
         self._last_norm = 0.0
 
@@ -113,6 +155,10 @@ class DeepSpeedEngine:
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of a micro-batch."""
         return self.engine(inputs)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean token loss of a micro-batch: the per-token `losses` of its logits, averaged."""
+        return self.losses(self.engine(inputs), targets).mean()
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch (DeepSpeed divides by the accumulation count) and its micro-step."""
@@ -137,8 +183,10 @@ class DeepSpeedEngine:
             raise RuntimeError(f"checkpoint: {folder} holds no DeepSpeed state")
 
 
-def make_engine(model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, micro_batch: int):
-    """The backend the config names."""
+def make_engine(
+    model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, micro_batch: int, losses: TokenLosses = token_losses
+):
+    """The backend the config names; `losses` is the per-token loss its `loss` averages."""
     if config.backend == "deepspeed":
-        return DeepSpeedEngine(model, config, ranks, micro_steps, micro_batch)
-    return TorchEngine(model, config, ranks, micro_steps)
+        return DeepSpeedEngine(model, config, ranks, micro_steps, micro_batch, losses)
+    return TorchEngine(model, config, ranks, micro_steps, losses)

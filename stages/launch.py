@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from scaling.errors import InputError
 from stages.artifacts import SUCCESS, artifact_dir, is_complete
+from stages.checkpoint import STATE, latest
 from stages.data import TokenData
 from stages.distributed import free_port
 from stages.metrics import METRICS
@@ -52,20 +54,47 @@ def check_fits_data(config: RunConfig, data: TokenData) -> None:
         )
 
 
+def check_resumable(config: RunConfig, run_dir: Path, world: int) -> None:
+    """InputError if the run's latest checkpoint was written by another number of ranks."""
+    found = latest(run_dir)
+    if found is not None:
+        written_by = json.loads((found / STATE).read_text())["world"]
+        if written_by != world:
+            raise InputError(
+                f"processes: the run resumes from {found}, written by {written_by} rank(s); resume it with "
+                f"{written_by} (this run has {world}), or delete {found.parent} to start over"
+            )
+
+
+def prepare(config: RunConfig, data_path: Path, store: Path, world: int | None = None) -> Path:
+    """Check the run against its data and its checkpoints, and set up its directory (config saved, old failure cleared)."""
+    run_dir = run_path(config, data_path, store)
+    check_fits_data(config, TokenData(data_path))
+    check_resumable(config, run_dir, world or config.processes)
+    write_run_config(config, run_dir)
+    (run_dir / FAILED).unlink(missing_ok=True)
+    return run_dir
+
+
+def finish(run_dir: Path) -> Path:
+    """Mark a run whose ranks all returned as done: its `SUCCESS` file, written last."""
+    if not (Path(run_dir) / RECORD).exists():
+        raise WorkersFailed(f"{run_dir} has no {RECORD}: its ranks returned without finishing")
+    (Path(run_dir) / SUCCESS).write_text("")
+    return Path(run_dir)
+
+
 def train(config: RunConfig, data_path: Path, store: Path, progress: Progress | None = None) -> Path:
     """Train and evaluate one run (or reuse the finished one); return its run directory."""
     run_dir = run_path(config, data_path, store)
     if is_complete(run_dir):
         return run_dir
-    check_fits_data(config, TokenData(data_path))
-    write_run_config(config, run_dir)
-    (run_dir / FAILED).unlink(missing_ok=True)
+    run_dir = prepare(config, data_path, store)
     if config.processes == 1 and config.backend == "torch":
         train_loop(config, data_path, run_dir, progress)
     else:
         _torchrun(config, data_path, run_dir, progress)
-    (run_dir / SUCCESS).write_text("")
-    return run_dir
+    return finish(run_dir)
 
 
 def _torchrun(config: RunConfig, data_path: Path, run_dir: Path, progress: Progress | None) -> None:
@@ -94,8 +123,11 @@ def _torchrun(config: RunConfig, data_path: Path, run_dir: Path, progress: Progr
     if (run_dir / FAILED).exists():
         failed = json.loads((run_dir / FAILED).read_text())
         raise RunDiverged(failed["step"], failed["reason"])
-    tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-    raise WorkersFailed(f"the {config.processes} ranks of {run_dir.name} exited with {workers.returncode}; {log_path}:\n" + "\n".join(tail))
+    lines = log_path.read_text(errors="replace").strip().splitlines()
+    errors = [match for line in lines if (match := re.match(r"^(\[rank\d+\]: )?([A-Za-z_.]*(Error|Exception)\b.*)", line))]
+    from_ranks = [match.group(0) for match in errors if match.group(1)]  # a rank's own error before torchrun's summary
+    cause = (from_ranks or [match.group(0) for match in errors] or lines[-1:] or ["no output"])[0]
+    raise WorkersFailed(f"the {config.processes} ranks of {run_dir.name} exited with {workers.returncode}: {cause} (log: {log_path})")
 
 
 class _MetricsFollower:

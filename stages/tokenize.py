@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from importlib.metadata import version
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,14 +65,11 @@ def _no_progress(phase: str, done: int, total: int) -> None:
 
 def tokenize_key(config: TokenizeConfig) -> dict:
     """Everything the artifact depends on: the resolved config, the input's identity, the versions."""
-    import datasets
-    import tokenizers
-
     key = {
         "format": FORMAT_VERSION,
         "config": config.model_dump(mode="json", exclude={"num_proc"}),
         "corpus": corpus_identity(config.corpus),
-        "versions": {"datasets": datasets.__version__, "tokenizers": tokenizers.__version__},
+        "versions": {"datasets": version("datasets"), "tokenizers": version("tokenizers")},
     }
     if config.tokenizer.path is not None:
         load_tokenizer(config.tokenizer)  # a bad tokenizer file fails before any work

@@ -57,9 +57,14 @@ class RunDiverged(RuntimeError):
         self.reason = reason
 
 
+def run_digest(config: RunConfig, data_hash: str) -> str:
+    """The hash of what fixes a run's numbers: its config (operational fields left out) and its data's hash."""
+    return config_hash({"format": 1, "run": config.hashed(), "data": data_hash})
+
+
 def run_hash(config: RunConfig, data: TokenData) -> str:
-    """The hash of what fixes a run's numbers: its config (operational fields left out) and its data."""
-    return config_hash({"format": 1, "run": config.hashed(), "data": data.manifest["hash"]})
+    """`run_digest` of a run on a tokenize artifact."""
+    return run_digest(config, data.manifest["hash"])
 
 
 def write_run_config(config: RunConfig, run_dir: Path) -> None:
@@ -113,7 +118,7 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
 
     torch.manual_seed(config.seed)
     model = Transformer(shape).to(ranks.device)
-    engine = make_engine(model, config, ranks, micro_steps, micro_batch)
+    engine = make_engine(model, config, ranks, micro_steps, micro_batch, token_losses)
 
     resume = checkpoint.latest(run_dir)
     state = checkpoint.load(resume, engine, ranks) if resume else {"step": 0, "train_seconds": 0.0, "resumed_at": []}
@@ -134,21 +139,24 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
     for batch in sampler.batches(start_step):
         step_tokens = len(batch.tokens) * config.seq_len
         engine.set_lr(schedule.lr((batch.step + 1) * config.batch_tokens))
-        local = torch.from_numpy(batch.tokens[ranks.rank * per_rank : (ranks.rank + 1) * per_rank]).to(ranks.device)
+        local = torch.from_numpy(batch.tokens[ranks.rank * per_rank : (ranks.rank + 1) * per_rank])
+        if ranks.device.type == "cuda":  # from pinned memory, so the copy does not wait for the GPU
+            local = local.pin_memory().to(ranks.device, non_blocking=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
         for index in range(micro_steps):
             micro = local[index * micro_batch : (index + 1) * micro_batch]
             with engine.micro_context(last=index == micro_steps - 1):
                 with autocast:
-                    logits = engine.forward(micro[:, :-1])
-                loss = token_losses(logits, micro[:, 1:]).mean()
+                    loss = engine.loss(micro[:, :-1], micro[:, 1:])
                 engine.backward(loss)
             loss_sum += loss.detach().double()
         grad_norm = engine.finish_step()
         window_tokens += step_tokens
         done = batch.step + 1
-        if done % config.log_every and done != sampler.num_steps:
-            continue
+        checkpoint_now = bool(config.checkpoint_every) and done % config.checkpoint_every == 0 and done < sampler.num_steps
+        if done % config.log_every and done != sampler.num_steps and not checkpoint_now:
+            continue  # checkpoint steps are logged too: the checkpoint keeps the loss of its step
+        grad_norm = float(grad_norm)  # on a GPU, this and the loss below are the loop's only waits for the device
         (loss_total,) = distributed.all_sum([float(loss_sum) / micro_steps], ranks.device)
         last_loss = loss_total / ranks.world
         now = time.perf_counter()
@@ -174,7 +182,7 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
                 mirror.log(record)
             if progress:
                 progress(record, sampler.num_steps)
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < sampler.num_steps:
+        if checkpoint_now:
             extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss}
             checkpoint.save(run_dir, done, extra, engine, ranks, config.keep_checkpoints)
             window_start = time.perf_counter()

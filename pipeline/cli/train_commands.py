@@ -18,7 +18,8 @@ from pipeline.cli.config_files import read_section, read_yaml
 from pipeline.cli.data_commands import DEFAULT_STORE, SECTION as DATA_SECTION
 from scaling.units import format_quantity
 from stages.artifacts import is_complete
-from stages.launch import WorkersFailed, read_record, run_path, train
+from stages.data import TokenData
+from stages.launch import WorkersFailed, check_fits_data, check_resumable, read_record, run_path, train
 from stages.run_config import RunConfig
 from stages.tokenize import TokenizeConfig, tokenize
 from stages.train import RunDiverged
@@ -48,6 +49,9 @@ def train_command(
         data_path = tokenize(data_config, store_root)
     run_dir = run_path(run_config, data_path, store_root)
     reused = is_complete(run_dir)
+    if not reused:  # data-dependent checks fail here, before the progress bar draws anything
+        check_fits_data(run_config, TokenData(data_path))
+        check_resumable(run_config, run_dir, run_config.processes)
     columns = (
         TextColumn("training {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
