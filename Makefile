@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: setup run test bench
+.PHONY: setup run c4 test bench
 
 setup: $(VENV)/.installed
 
@@ -17,9 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# The main job: the built-in tiny study (local Ray, CPU), from corpus to fitted law, report and plots.
 run: setup
-	$(BIN)/dcsl fit examples/datablations_c4.csv --base-preset c4 --bootstrap 200 --seed 0 --out $(OUT)/law.json
-	$(BIN)/dcsl allocate --law $(OUT)/law.json --flops 1e20 --flops 1e21 --flops 1e22 --flops 1e23 --unique-tokens 25B
+	$(BIN)/dcsl sweep configs/tiny.yaml --out $(OUT)/tiny
+	$(BIN)/dcsl allocate --law $(OUT)/tiny/law.json --flops 1e13,1e14,1e15 --unique-tokens 400K
+
+# The published C4 law from the reference runs (no training).
+c4: setup
+	$(BIN)/dcsl fit examples/datablations_c4.csv --base-preset c4 --bootstrap 200 --seed 0 --out $(OUT)/c4_law.json
+	$(BIN)/dcsl allocate --law $(OUT)/c4_law.json --flops 1e20,1e21,1e22,1e23 --unique-tokens 25B
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,31 +15,49 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def validation_message(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """One line for the first error of a pydantic ValidationError: the field, the value and what is allowed."""
+    """One line for the first error of a pydantic ValidationError: the dotted field, the value and what is allowed.
+
+    Validators that write "field: value ... allowed" get their field appended to the path (unless
+    the path already ends in it); unknown keys list the settings allowed in that section, found
+    through lists and optional sections too.
+    """
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
+    where = ".".join(part for part in [prefix, *loc] if part)
     if first["type"] == "value_error":
-        # our validators write "field: value ... allowed"; make the field a full dotted path
         message = str(first["ctx"]["error"])
         field, _, rest = message.partition(": ")
         if rest and " " not in field:
-            loc = loc if loc and loc[-1] == field else [*loc, field]
-            message = rest
-        return f"{'.'.join([prefix, *loc]).strip('.')}: {message}"
-    where = ".".join([prefix, *loc]).strip(".")
+            if field in loc:
+                return f"{where}: {rest}"
+            return f"{'.'.join(part for part in [where, field] if part)}: {rest}"
+        return f"{where}: {message}"
+    if first["type"] == "missing":
+        return f"{where}: is required"
     if first["type"] == "extra_forbidden":
-        allowed = ", ".join(_fields_at(model, loc[:-1]))
-        return f"{where}: unknown setting; allowed: {allowed}"
+        return f"{where}: unknown setting; allowed: {', '.join(_allowed(model, loc[:-1]))}"
     return f"{where}: {first['input']!r} is not allowed: {first['msg']}"
 
 
-def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    for name in path:
-        field = model.model_fields.get(name)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
+def _allowed(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The setting names of the section at `path` (list indices skipped)."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if part.isdigit():
+            continue
+        field = current.model_fields.get(part) if current else None
+        current = _section_model(field.annotation) if field else None
+    return list(current.model_fields) if current else []
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def read_yaml(path: Path) -> dict:

@@ -100,9 +100,32 @@ def _fit_spec(law: str, base_preset: str | None, base_file: Path | None, joint: 
     return spec, source
 
 
+def _read_table(runs: Path | None, loss_column: str | None, wandb_project: str | None, filters: str | None,
+                wandb_keys: list[str]):
+    """The runs to fit: from W&B, from a store's finished runs, or from a CSV/Parquet file."""
+    if (runs is None) == (wandb_project is None):
+        raise InputError("runs: give a run table file or store folder, or --wandb ENTITY/PROJECT (one of them)")
+    if wandb_project is not None:
+        from pipeline.wandb_runs import DEFAULT_KEYS, parse_filters, read_wandb_runs
+
+        keys = dict(_parse_assignment(item, "--wandb-key") for item in wandb_keys)
+        unknown = sorted(set(keys) - set(DEFAULT_KEYS))
+        if unknown:
+            raise InputError(f"--wandb-key: {unknown[0]!r} is not a column; use {', '.join(DEFAULT_KEYS)}")
+        return read_wandb_runs(wandb_project, parse_filters(filters), keys)
+    if filters is not None or wandb_keys:
+        raise InputError("--filters, --wandb-key: only apply with --wandb")
+    if runs.is_dir():
+        from pipeline.cli.study_commands import finished_records
+        from stages.fit import run_table
+
+        return run_table(finished_records(runs))
+    return read_runs(runs, loss_column=loss_column)
+
+
 @app.command("fit")
 def fit_command(
-    runs: Path = typer.Argument(..., help="Run table (.csv or .parquet): params, tokens, unique_tokens, val_loss|loss."),
+    runs: Optional[Path] = typer.Argument(None, help="Run table (.csv or .parquet): params, tokens, unique_tokens, val_loss|loss; or a store folder."),
     law: str = typer.Option("data-constrained", "--law", help="data-constrained or base."),
     base_preset: str = typer.Option(None, "--base-preset", help=f"Fix the base law to a preset ({', '.join(PRESETS)}); fit R_D*, R_N*."),
     base: Path = typer.Option(None, "--base", help="Fix the base law to a previous fit (law.json); fit R_D*, R_N*."),
@@ -116,11 +139,14 @@ def fit_command(
     extrapolate_above: str = typer.Option(None, "--extrapolate-above", help="Leave-out check: fit runs with 6ND up to this, score the rest (default: 75th percentile)."),
     out_path: Path = typer.Option(None, "--out", help="Write law.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly the content of law.json."),
+    wandb_project: str = typer.Option(None, "--wandb", help="Read the finished runs of this W&B project, ENTITY/PROJECT, instead of a file."),
+    filters: str = typer.Option(None, "--filters", help='W&B run filters as JSON (MongoDB-style), e.g. \'{"config.backend": "torch"}\'.'),
+    wandb_key: list[str] = typer.Option([], "--wandb-key", help="Summary/config key of a column, COLUMN=KEY (params, tokens, unique_tokens, loss). Repeatable."),
 ) -> None:
-    """Fit the scaling law to logged runs (CSV or Parquet) and write law.json."""
+    """Fit the scaling law to logged runs (a CSV or Parquet table, a store, or a W&B project) and write law.json."""
     spec, base_source = _fit_spec(law, base_preset, base, joint, fix, bound, tie_exponents)
     threshold = None if extrapolate_above is None else parse_quantity(extrapolate_above, "--extrapolate-above")
-    table = read_runs(runs, loss_column=loss_column)
+    table = _read_table(runs, loss_column, wandb_project, filters, wandb_key)
     for warning in table.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with err.status("fitting", spinner="dots") as status:

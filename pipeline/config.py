@@ -1,0 +1,396 @@
+"""The sweep config: one YAML file describes a study; `expand` turns it into one `RunSpec` per run.
+
+Sections of a sweep file (all checked before any work starts; unknown keys are refused):
+
+  name, store   the sweep's name and the store root
+  data          the corpus and tokenizer: `stages.tokenize.TokenizeConfig`, as `dcsl tokenize` reads it
+  models        named models: an explicit shape (layers, width, heads, ...) or `params: 1M` (the size
+                table of `stages.model`); each may override `train:` and `resources:` settings
+  grid          one block or a list of blocks; a block is either
+                  models x unique_tokens x epochs   a full grid: D = epochs * U
+                  models x unique_tokens x flops    isoFLOP: D = C / (6 N), N non-embedding
+                (`models` lists model names; default: every model)
+  seeds         replicates: a count n (seeds 0..n-1) or a list of seeds; innermost in the run order
+  train         the `RunConfig` fields every run shares (seq_len, batch_tokens, optimizer, backend, ...)
+  resources     per run: cpus and gpus (per node), nodes
+  fit           the law, the base law (`fitted`, or a preset whose base is held fixed), bootstrap, seed
+  wandb         the W&B mirror of every run
+
+Counts accept `25M`, `1.5B`, `1e9` wherever they appear.
+
+Rounding: D is a whole number of optimizer steps of `batch_tokens`, the nearest one to the target,
+except that a target within half a step of U is one epoch, `floor(U / batch_tokens)` steps: a
+single-epoch run never repeats a token (D <= U, as the two-stage fit's first stage requires). The
+run records the actual D and epochs = D / U. A point whose target D is below U (isoFLOP: epochs
+< 1), whose U exceeds the corpus's training tokens or is not longer than seq_len, or whose run
+config is invalid, is impossible: `expand` raises an InputError naming it, or leaves it out when
+`skip_invalid` is set.
+
+Names: `<model>-U<U>-e<epochs>-s<seed>` (full grid) and `<model>-C<flops>-U<U>-s<seed>` (isoFLOP),
+with U and C written compactly (`300K`, `1e15`) and epochs as given. Names are unique within a
+sweep; two blocks that produce the same run keep one copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
+
+from pipeline.cli.config_files import read_yaml, validation_message
+from scaling.errors import InputError
+from scaling.fit import METHODS, FitSpec, fixed_to_theta
+from scaling.laws import PRESETS, preset
+from scaling.units import format_quantity, parse_quantity
+from stages.fields import Count
+from stages.model import ModelConfig, ModelShape
+from stages.run_config import RunConfig, WandbConfig
+from stages.tokenize import TokenizeConfig
+from stages.tokenizer import load_tokenizer
+
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.]*$"  # no '-': it separates the parts of a run name
+PER_RUN_FIELDS = {"name", "model", "tokens", "unique_tokens", "seed", "wandb"}  # set by the grid, the seeds, `wandb`
+
+
+def _quantity(value: Any, info: ValidationInfo) -> float:
+    return parse_quantity(value, info.field_name or "value")
+
+
+def _as_list(value: Any) -> Any:
+    """A scalar where a list is expected means a list of one."""
+    return value if isinstance(value, list) or value is None else [value]
+
+
+def _seed_list(value: Any) -> Any:
+    """`seeds: n` means seeds 0..n-1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"seeds: {value} must be a count of at least 1 or a list of seeds")
+        return list(range(value))
+    return value
+
+
+Quantity = Annotated[float, BeforeValidator(_quantity)]
+"""A positive quantity written as `1e15`, `2.5e18` or `3P`."""
+
+TrainConfig = create_model(
+    "TrainConfig",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="The RunConfig fields shared by every run of a sweep (all but " + ", ".join(sorted(PER_RUN_FIELDS)) + ").",
+    **{name: (field.annotation, field) for name, field in RunConfig.model_fields.items() if name not in PER_RUN_FIELDS},
+)
+
+
+class Resources(BaseModel):
+    """What one run asks of the cluster: CPUs and GPUs on each of `nodes` machines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: int = Field(1, ge=1, description="CPUs per node")
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per node; one rank per GPU")
+    nodes: int = Field(1, ge=1, description="machines; more than one needs GPUs")
+
+    @model_validator(mode="after")
+    def _nodes_need_gpus(self) -> Resources:
+        if self.nodes > 1 and self.gpus == 0:
+            raise ValueError(f"nodes: {self.nodes} nodes need gpus >= 1 per node; a CPU run uses one machine")
+        return self
+
+
+class ModelEntry(ModelConfig):
+    """A named model of the sweep: a `ModelConfig`, its name, and its own train and resources settings."""
+
+    name: str = Field(..., pattern=MODEL_NAME, description="the model's name in run names")
+    train: dict[str, Any] = Field(default_factory=dict, description="settings of `train:` this model changes")
+    resources: dict[str, Any] = Field(default_factory=dict, description="settings of `resources:` this model changes")
+
+    def model(self) -> ModelConfig:
+        """The plain model config (what goes into each run's config and hash)."""
+        return ModelConfig.model_validate(self.model_dump(exclude={"name", "train", "resources"}))
+
+
+class GridBlock(BaseModel):
+    """One block of the grid: models x unique budgets x epochs, or x compute budgets (isoFLOP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: Annotated[list[str], BeforeValidator(_as_list)] | None = Field(None, description="model names; default: all")
+    unique_tokens: Annotated[list[Count], BeforeValidator(_as_list), Field(min_length=1)]
+    epochs: Annotated[list[Annotated[float, Field(ge=1, allow_inf_nan=False)]], BeforeValidator(_as_list), Field(min_length=1)] | None = None
+    flops: Annotated[list[Quantity], BeforeValidator(_as_list), Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> GridBlock:
+        if (self.epochs is None) == (self.flops is None):
+            raise ValueError("epochs: give epochs (a full grid) or flops (isoFLOP compute budgets): exactly one of them")
+        return self
+
+
+class FitSettings(BaseModel):
+    """How the sweep's runs are fitted (see `scaling.fit`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    law: Literal["data-constrained", "base"] = "data-constrained"
+    base: str = Field("fitted", description="'fitted', or a preset whose base law is held fixed")
+    method: Literal[METHODS] | None = Field(None, description="default: base, repetition (preset base) or two-stage")
+    params: Literal["non_embedding", "total"] = Field("non_embedding", description="which parameter count is N")
+    bootstrap: int = Field(0, ge=0, description="bootstrap resamples for intervals")
+    seed: int = Field(0, description="seed of the bootstrap")
+    tie_exponents: bool = False
+    fix: dict[str, float] = Field(default_factory=dict, description="parameters held at a value, e.g. {alpha: 0.34}")
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict, description="search boxes, e.g. {rd_star: [0.1, 100]}")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FitSettings:
+        if self.base != "fitted" and self.base not in PRESETS:
+            raise ValueError(f"base: {self.base!r} is not allowed; use fitted or a preset: {', '.join(PRESETS)}")
+        spec = self.spec()
+        for field, check in (("bounds", spec.box), ("fix", lambda: fixed_to_theta(spec.fixed, *spec.box()))):
+            try:
+                check()
+            except InputError as err:  # scaling's messages start with its own name for the setting
+                raise ValueError(f"{field}: {str(err).partition(': ')[2]}") from None
+        return self
+
+    def spec(self) -> FitSpec:
+        """The `scaling.fit.FitSpec` these settings describe."""
+        base = None if self.base == "fitted" else preset(self.base).base
+        method = self.method or ("base" if self.law == "base" else "repetition" if base is not None else "two-stage")
+        return FitSpec(law=self.law, method=method, base=base, fixed=self.fix, tie_exponents=self.tie_exponents, bounds=self.bounds)
+
+
+class SweepConfig(BaseModel):
+    """A whole study: corpus, models, grid, seeds, shared training settings, resources, fit, W&B."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    store: str = Field("store", description="the store root")
+    data: TokenizeConfig
+    models: list[ModelEntry] = Field(..., min_length=1)
+    grid: Annotated[list[GridBlock], BeforeValidator(_as_list), Field(min_length=1)]
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_seed_list), Field(min_length=1)] = [0]
+    train: TrainConfig  # type: ignore[valid-type]
+    resources: Resources = Field(default_factory=Resources)
+    fit: FitSettings = Field(default_factory=FitSettings)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        names = [entry.name for entry in self.models]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"models.{index}.name: {name!r} is used by models.{names.index(name)} too; names must be unique")
+        for index, block in enumerate(self.grid):
+            for name in block.models or []:
+                if name not in names:
+                    raise ValueError(f"grid.{index}.models: {name!r} is not a model; models: {', '.join(names)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: {self.seeds} repeats a seed")
+        for index, entry in enumerate(self.models):
+            train = self.train_for(entry.name)
+            if train.batch_tokens % train.seq_len:
+                where = f"models.{index}.train" if entry.train else "train"
+                raise ValueError(f"{where}.batch_tokens: {train.batch_tokens} is not a multiple of seq_len {train.seq_len}")
+            self.resources_for(entry.name)
+        return self
+
+    def _entry(self, model: str) -> tuple[int, ModelEntry]:
+        for index, entry in enumerate(self.models):
+            if entry.name == model:
+                return index, entry
+        raise KeyError(model)
+
+    def train_for(self, model: str) -> TrainConfig:  # type: ignore[valid-type]
+        """The train settings of one model: the shared ones with the model's `train:` merged in."""
+        index, entry = self._entry(model)
+        if not entry.train:
+            return self.train
+        merged = _merge(self.train.model_dump(exclude_unset=True), entry.train)
+        return _validated(TrainConfig, merged, f"models.{index}.train")
+
+    def resources_for(self, model: str) -> Resources:
+        """The resources of one model's runs, checked against its device."""
+        index, entry = self._entry(model)
+        where = f"models.{index}.resources" if entry.resources else "resources"
+        resources = _validated(Resources, _merge(self.resources.model_dump(exclude_unset=True), entry.resources), where)
+        device = self.train_for(model).device
+        if resources.gpus and device == "cpu":
+            raise InputError(f"{where}.gpus: {resources.gpus} GPUs asked for, but train.device is 'cpu'; use gpus: 0 or device auto/cuda")
+        if not resources.gpus and device == "cuda":
+            raise InputError(f"{where}.gpus: 0, but train.device is 'cuda'; a CUDA run needs gpus >= 1")
+        processes = self.train_for(model).processes
+        if not resources.gpus and resources.cpus < processes:
+            raise InputError(f"{where}.cpus: {resources.cpus} is fewer than the {processes} train.processes of a CPU run")
+        return resources
+
+    def vocab_size(self) -> int:
+        """The vocabulary size: the given tokenizer.json's, else the trained tokenizer's `vocab_size`."""
+        if self.data.tokenizer.path is not None:
+            return load_tokenizer(self.data.tokenizer).get_vocab_size()
+        return self.data.tokenizer.vocab_size
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep, fully resolved: its name, its RunConfig, and the numbers a fit needs."""
+
+    name: str  # unique in the sweep, safe as a file name; `config.name` too
+    point: str  # the grid point: the name without the seed suffix (replicates share it)
+    model: str  # the model entry's name
+    seed: int
+    config: RunConfig
+    shape: ModelShape
+    params: int  # N, all parameters
+    params_non_embedding: int
+    tokens: int  # D, a whole number of steps
+    unique_tokens: int  # U
+    epochs: float  # D / U, exact
+    flops: float  # 6 N D, N non-embedding
+    flops_full: float  # attention and output layer included (`ModelShape.flops_per_token.full` * D)
+    resources: Resources
+    target: dict  # the grid point as written: {"epochs": 4.0} or {"flops": 1e15}
+
+    @property
+    def world_size(self) -> int:
+        """Ranks the run is trained with: one per GPU, else `config.processes` on one machine."""
+        return _world_size(self.resources, self.config.processes)
+
+
+def load_sweep(path: Path) -> SweepConfig:
+    """Read and check a sweep file; InputError with one line naming the field and the value otherwise."""
+    document = read_yaml(Path(path))
+    try:
+        return SweepConfig.model_validate(document)
+    except ValidationError as err:
+        line = validation_message(err, SweepConfig)
+        if isinstance(document.get("grid"), dict) and line.startswith("grid.0"):  # one block, written as a mapping
+            line = "grid" + line[len("grid.0") :]
+        raise InputError(line) from None
+
+
+def expand(
+    sweep: SweepConfig,
+    corpus_train_tokens: int | None = None,
+    *,
+    vocab_size: int | None = None,
+    skip_invalid: bool = False,
+    skipped: list[str] | None = None,
+) -> list[RunSpec]:
+    """Every run of the sweep in grid order (blocks, models, U, epochs or flops, then seeds).
+
+    `corpus_train_tokens` (the tokenized corpus's training tokens, when known) bounds U;
+    `vocab_size` defaults to `sweep.vocab_size()`. An impossible grid point raises InputError
+    naming it, unless `skip_invalid`: then it is left out and its message appended to `skipped`.
+    """
+    vocab = vocab_size or sweep.vocab_size()
+    runs: dict[str, RunSpec] = {}
+    first_error = None
+    for block in sweep.grid:
+        for model in block.models or [entry.name for entry in sweep.models]:
+            for unique in block.unique_tokens:
+                for target in [{"epochs": e} for e in block.epochs or []] + [{"flops": c} for c in block.flops or []]:
+                    try:
+                        point = _point(sweep, model, unique, target, vocab, corpus_train_tokens)
+                    except InputError as err:
+                        if not skip_invalid:
+                            raise
+                        first_error = first_error or err
+                        if skipped is not None:
+                            skipped.append(str(err))
+                        continue
+                    for seed in sweep.seeds:
+                        spec = _with_seed(point, seed)
+                        if spec.name in runs and runs[spec.name].config != spec.config:
+                            raise InputError(f"grid: two different runs are both named {spec.name!r}; make their U or epochs differ more")
+                        runs.setdefault(spec.name, spec)
+    if not runs:
+        raise InputError(f"grid: no grid point is possible; the first: {first_error}")
+    return list(runs.values())
+
+
+def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int, corpus_train_tokens: int | None) -> RunSpec:
+    """The run of one grid point with seed 0; InputError naming the point if it is impossible."""
+    _, entry = sweep._entry(model)
+    train = sweep.train_for(model)
+    model_config = entry.model()
+    shape = model_config.shape(vocab, train.seq_len)
+    counts = shape.params
+    batch = train.batch_tokens
+    if "epochs" in target:
+        point = f"{model}-U{format_quantity(unique)}-e{target['epochs']:g}"
+        wanted = target["epochs"] * unique
+    else:
+        point = f"{model}-C{_compact(target['flops'])}-U{format_quantity(unique)}"
+        wanted = target["flops"] / (6 * counts.non_embedding)
+
+    def impossible(message: str) -> InputError:
+        return InputError(f"grid point {point}: {message}")
+
+    if corpus_train_tokens is not None and unique > corpus_train_tokens:
+        raise impossible(f"unique_tokens: {unique} exceeds the corpus's {corpus_train_tokens} training tokens")
+    if wanted < unique - batch / 2:
+        raise impossible(
+            f"flops: {_compact(target['flops'])} gives D = {wanted:,.0f} tokens for N = {counts.non_embedding:,} non-embedding "
+            f"parameters, less than U = {unique:,} (epochs {wanted / unique:.3g} < 1); lower unique_tokens or raise flops"
+        )
+    if unique <= train.seq_len:
+        raise impossible(f"unique_tokens: {unique} is not longer than seq_len {train.seq_len}; a sequence needs seq_len + 1 unique tokens")
+    steps = unique // batch if abs(wanted - unique) <= batch / 2 else round(wanted / batch)
+    if steps < 1:
+        raise impossible(f"train.batch_tokens: {batch} is more than the {wanted:,.0f} tokens of the run; it needs one whole step")
+    tokens = steps * batch
+    settings = {**train.model_dump(), "name": f"{point}-s0", "model": model_config.model_dump(), "tokens": tokens,
+                "unique_tokens": unique, "seed": 0, "wandb": sweep.wandb.model_dump()}
+    try:
+        config = RunConfig.model_validate(settings)
+    except ValidationError as err:
+        raise impossible(validation_message(err, RunConfig)) from None
+    resources = sweep.resources_for(model)
+    try:
+        config.check_world(_world_size(resources, config.processes))
+    except ValueError as err:
+        raise impossible(f"{err} (resources: {resources.nodes} node(s) x {resources.gpus} GPU(s))") from None
+    validation = min(sweep.data.validation_tokens, config.eval_tokens or sweep.data.validation_tokens)
+    if validation <= config.seq_len:
+        raise impossible(f"seq_len: {config.seq_len} is not shorter than the {validation} validation tokens; raise data.validation_tokens")
+    return RunSpec(
+        name=config.name, point=point, model=model, seed=0, config=config, shape=shape, params=counts.total,
+        params_non_embedding=counts.non_embedding, tokens=tokens, unique_tokens=unique, epochs=tokens / unique,
+        flops=6.0 * counts.non_embedding * tokens, flops_full=float(shape.flops_per_token.full * tokens),
+        resources=resources, target=dict(target),
+    )  # fmt: skip
+
+
+def _world_size(resources: Resources, processes: int) -> int:
+    return resources.nodes * resources.gpus if resources.gpus else processes
+
+
+def _with_seed(point: RunSpec, seed: int) -> RunSpec:
+    name = f"{point.point}-s{seed}"
+    config = point.config.model_copy(update={"name": name, "seed": seed})
+    return RunSpec(**{**point.__dict__, "name": name, "seed": seed, "config": config})
+
+
+def _compact(value: float) -> str:
+    """A compute budget for a file name: 1e15, 2.5e18, 5e-05 (no '+', no leading zeros in the exponent)."""
+    mantissa, _, exponent = f"{value:.3g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`override` merged into `base`, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _validated(model: type[BaseModel], settings: dict, where: str):
+    try:
+        return model.model_validate(settings)
+    except ValidationError as err:
+        raise InputError(validation_message(err, model, prefix=where)) from None

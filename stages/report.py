@@ -1,0 +1,160 @@
+"""The report stage: from a fitted law and the runs, `allocation.csv`, three PNG plots and `report.md`.
+
+Plots: observed against predicted loss; loss against epochs for each unique budget, one fitted
+curve per model size; the allocation frontier (optimal N and epochs against compute for each
+unique budget, beside the repetition-blind answer of the base law).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from scaling.allocate import allocate, repetition_blind_allocation
+from scaling.atomic import write_text_atomic
+from scaling.lawfile import read_law
+from scaling.units import format_quantity
+
+ALLOCATION = "allocation.csv"
+REPORT = "report.md"
+PLOTS = {"fit": "observed_vs_predicted.png", "epochs": "loss_vs_epochs.png", "frontier": "allocation_frontier.png"}
+COMPUTE_POINTS = 9
+
+
+def compute_grid(records: list[dict], points: int = COMPUTE_POINTS) -> np.ndarray:
+    """Compute budgets from the sweep's smallest run to 100x its largest, log-spaced."""
+    flops = [record["flops"] for record in records]
+    return np.geomspace(min(flops), 100 * max(flops), points)
+
+
+def allocation_rows(law, flops: np.ndarray, unique_budgets: list[float]) -> list[dict]:
+    """The optimal allocation and the repetition-blind one for every (compute, unique budget)."""
+    rows = []
+    for unique in unique_budgets:
+        best = allocate(law, flops, unique)
+        blind = repetition_blind_allocation(law, flops, unique)
+        for i, budget in enumerate(flops):
+            rows.append({
+                "flops": budget, "unique_tokens": unique,
+                "params": float(best.params[i]), "tokens": float(best.tokens[i]),
+                "epochs": float(best.epochs[i]), "loss": float(best.loss[i]),
+                "blind_params": float(blind["params"][i]), "blind_tokens": float(blind["tokens"][i]),
+                "blind_epochs": float(blind["epochs"][i]), "blind_loss": float(blind["loss"][i]),
+            })  # fmt: skip
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _save(figure, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    temporary.replace(path)
+
+
+def _plot_fit(plt, law, records: list[dict], params_key: str, path: Path) -> None:
+    observed = np.array([r["val_loss"] for r in records])
+    predicted = np.array([law.predict(r[params_key], r["tokens"], r["unique_tokens"]) for r in records]).ravel()
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.scatter(predicted, observed, c=np.log10([r["epochs"] for r in records]), cmap="viridis", s=20)
+    low, high = min(observed.min(), predicted.min()), max(observed.max(), predicted.max())
+    axes.plot([low, high], [low, high], color="grey", linewidth=1)
+    axes.set(xlabel="predicted loss", ylabel="observed validation loss", title="fit (colour: log10 epochs)")
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _plot_epochs(plt, law, records: list[dict], params_key: str, path: Path) -> None:
+    budgets = sorted({r["unique_tokens"] for r in records})
+    figure, panels = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 4), squeeze=False, sharey=True)
+    for axes, unique in zip(panels[0], budgets):
+        runs = [r for r in records if r["unique_tokens"] == unique]
+        sizes = sorted({r[params_key] for r in runs})
+        colours = plt.cm.plasma(np.linspace(0, 0.85, len(sizes)))
+        epochs = np.geomspace(min(r["epochs"] for r in runs), max(r["epochs"] for r in runs) * 2, 100)
+        for size, colour in zip(sizes, colours):
+            mine = [r for r in runs if r[params_key] == size]
+            axes.scatter([r["epochs"] for r in mine], [r["val_loss"] for r in mine], color=colour, s=18)
+            axes.plot(epochs, law.predict(size, epochs * unique, unique), color=colour, linewidth=1,
+                      label=f"N={format_quantity(size, 3)}")
+        axes.set(xscale="log", xlabel="epochs", title=f"U = {format_quantity(unique, 3)} tokens")
+        axes.legend(fontsize=7)
+    panels[0][0].set_ylabel("validation loss")
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _plot_frontier(plt, rows: list[dict], path: Path) -> None:
+    budgets = sorted({row["unique_tokens"] for row in rows})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    colours = plt.cm.viridis(np.linspace(0, 0.85, len(budgets)))
+    for unique, colour in zip(budgets, colours):
+        mine = [row for row in rows if row["unique_tokens"] == unique]
+        flops = [row["flops"] for row in mine]
+        label = f"U={format_quantity(unique, 3)}"
+        left.plot(flops, [row["params"] for row in mine], color=colour, label=label)
+        left.plot(flops, [row["blind_params"] for row in mine], color=colour, linestyle="--")
+        right.plot(flops, [row["epochs"] for row in mine], color=colour, label=label)
+        right.plot(flops, [row["blind_epochs"] for row in mine], color=colour, linestyle="--")
+    left.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="optimal N", title="solid: data-constrained; dashed: repetition-blind")
+    right.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="optimal epochs")
+    left.legend(fontsize=7)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def write_report(law_path: Path, records: list[dict], failed: list[dict], out_dir: Path) -> Path:
+    """Write the allocation table, the plots and report.md next to each other; return report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    law, document = read_law(law_path)
+    params_key = "params" if document.get("params_kind") == "total" else "params_non_embedding"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = allocation_rows(law, compute_grid(records), sorted({r["unique_tokens"] for r in records}))
+    write_text_atomic(out_dir / ALLOCATION, _csv(rows))
+    _plot_fit(plt, law, records, params_key, out_dir / PLOTS["fit"])
+    _plot_epochs(plt, law, records, params_key, out_dir / PLOTS["epochs"])
+    _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
+    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows))
+    return out_dir / REPORT
+
+
+def _markdown(law, document: dict, records: list[dict], failed: list[dict], rows: list[dict]) -> str:
+    intervals = document.get("intervals") or {}
+    lines = [
+        "# Sweep report", "",
+        f"{len(records)} runs fitted" + (f"; {len(failed)} failed and were left out: "
+                                         + ", ".join(f"{f['name']} ({f['reason']})" for f in failed) if failed else "") + ".",
+        "", "## Fitted law", "", "| parameter | value | interval |", "| --- | --- | --- |",
+    ]  # fmt: skip
+    for name, value in law.params().items():
+        interval = intervals.get(name)
+        shown = f"[{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
+        lines.append(f"| {name} | {value:.6g} | {shown} |")
+    diagnostics = document.get("diagnostics", {})
+    lines += ["", f"R² (log loss) {diagnostics.get('r2_log_loss', float('nan')):.4f}, "
+                  f"RMSE (log loss) {diagnostics.get('rmse_log_loss', float('nan')):.4g}. Full fit in [law.json](law.json), "
+                  f"runs in [runs.csv](runs.csv).", ""]  # fmt: skip
+    lines += ["## Allocation", "", f"Every row of [allocation.csv](allocation.csv) (excerpt):", "",
+              "| compute | U | N* | D* | epochs* | loss | repetition-blind N | its loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows[:: max(1, len(rows) // 12)]:
+        lines.append(
+            f"| {row['flops']:.3g} | {format_quantity(row['unique_tokens'])} | {format_quantity(row['params'])} | "
+            f"{format_quantity(row['tokens'])} | {row['epochs']:.3g} | {row['loss']:.4f} | "
+            f"{format_quantity(row['blind_params'])} | {row['blind_loss']:.4f} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{key}]({name})" for key, name in PLOTS.items()] + [""]
+    return "\n".join(lines)
