@@ -212,10 +212,15 @@ class SweepConfig(BaseModel):
         merged = _merge(self.train.model_dump(exclude_unset=True), entry.train)
         return _validated(TrainConfig, merged, f"models.{index}.train")
 
+    def resources_field(self, model: str) -> str:
+        """The config field a model's resources come from: `models.<i>.resources` or `resources`."""
+        index, entry = self._entry(model)
+        return f"models.{index}.resources" if entry.resources else "resources"
+
     def resources_for(self, model: str) -> Resources:
         """The resources of one model's runs, checked against its device."""
-        index, entry = self._entry(model)
-        where = f"models.{index}.resources" if entry.resources else "resources"
+        _, entry = self._entry(model)
+        where = self.resources_field(model)
         resources = _validated(Resources, _merge(self.resources.model_dump(exclude_unset=True), entry.resources), where)
         device = self.train_for(model).device
         if resources.gpus and device == "cpu":

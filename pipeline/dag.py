@@ -22,6 +22,7 @@ from pathlib import Path
 
 import ray
 
+from pipeline.cluster import check_fits_cluster, node_capacities
 from pipeline.config import RunSpec, SweepConfig, expand
 from pipeline.store import State, Step, Store
 from stages.artifacts import atomic_directory, config_hash
@@ -36,7 +37,8 @@ RETRIES = 2
 INJECT_ENV = "DCSL_INJECT_FAILURE"  # comma-separated run names that raise instead of training (tests, drills)
 
 Progress = Callable[[dict], None]
-"""progress(counts): counts has done, failed, running, pending, total and eta_seconds (or None)."""
+"""progress(counts): counts has done, failed, running, pending, total and eta_seconds (or None); the first
+report, once every check has passed, is {"status": "tokenizing"}."""
 
 
 @dataclass
@@ -197,9 +199,13 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
               skip_invalid: bool = False) -> SweepOutcome:
     """Run (or resume) the whole sweep and return its outcome; Ctrl-C cancels the running tasks cleanly."""
     root = str(Path(sweep.store).resolve())
+    planned = expand(sweep, skip_invalid=skip_invalid)  # every check that needs no corpus, before any work
     started_here = start_ray(address)
     pending: list = []
     try:
+        check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)
+        if progress:
+            progress({"status": "tokenizing"})
         store = Store(root)
         data_step, _ = tokenize_step(sweep.data)
         if store.is_done(data_step):  # finished steps are read from the store, not sent to Ray

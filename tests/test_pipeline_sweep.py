@@ -202,3 +202,12 @@ def test_the_tiny_studys_ci_variant_runs_to_a_law_with_intervals(tmp_path):
     rows = (tmp_path / "report" / "allocation.csv").read_text().splitlines()
     assert len(rows) > 1 and all((tmp_path / "report" / name).stat().st_size > 0 for name in
                                  ("observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png", "report.md"))
+
+
+def test_a_run_the_cluster_cannot_hold_fails_before_any_work(tmp_path):
+    store = tmp_path / "store"
+    result = _sweep(_write(tmp_path, store, {**SWEEP, "resources": {"cpus": 64}}))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"error: resources.cpus: 64 asked for by run s-U20K-e1-s0, but the Ray cluster lacks it: "
+                             f"its largest node has {os.cpu_count()} CPUs\n")
+    assert not store.exists()

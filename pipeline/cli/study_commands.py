@@ -42,19 +42,26 @@ def sweep_command(
 
     columns = (TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                TextColumn("{task.fields[eta]}"))  # fmt: skip
+    bar = Progress(*columns, console=err, transient=False)
+    task = bar.add_task("runs", total=None, status="", eta="")
+
+    def show(counts: dict) -> None:
+        bar.start()  # on the first report, once the config and the cluster have passed every check
+        if "total" not in counts:
+            bar.update(task, status=counts["status"])
+            return
+        status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
+        eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
+        bar.update(task, completed=counts["done"] + counts["failed"], total=counts["total"], status=status, eta=eta)
+
     try:
-        with Progress(*columns, console=err, transient=False) as bar:
-            task = bar.add_task("runs", total=None, status="starting Ray, tokenizing", eta="")
-
-            def show(counts: dict) -> None:
-                status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
-                eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
-                bar.update(task, completed=counts["done"] + counts["failed"], total=counts["total"], status=status, eta=eta)
-
-            outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid)
+        outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid)
     except KeyboardInterrupt:
         err.print("interrupted: running steps were cancelled and are marked interrupted; run the same command to resume")
         raise typer.Exit(130) from None
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     done = sum(state is State.DONE for state in outcome.states.values())
     typer.echo(f"{done} of {len(outcome.states)} runs succeeded" + (f"; {len(outcome.failed)} did not:" if outcome.failed else ""))
     for failure in outcome.failed:
