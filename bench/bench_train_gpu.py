@@ -209,7 +209,8 @@ def main() -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("bench_train_gpu: no CUDA device (use --smoke to check the code paths on CPU)")
+            print("bench_train_gpu: skipped, no CUDA device here (--smoke checks the code paths on CPU)")
+            return
     with tempfile.TemporaryDirectory(prefix="dcsl-bench-gpu-") as folder:
         work = Path(folder)
         started = time.perf_counter()

@@ -15,6 +15,7 @@ exception inside a run is recorded as FAILED and the sweep goes on.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pipeline.config import RunSpec, SweepConfig, expand
 from pipeline.store import State, Step, Store
 from stages.artifacts import atomic_directory, config_hash
 from stages.data import TokenData
-from stages.fit import fit_runs
+from stages.fit import RUNS, fit_runs
 from stages.launch import finish, prepare, read_record, train
 from stages.report import write_report
 from stages.tokenize import TokenizeConfig, tokenize, tokenize_key
@@ -89,7 +90,7 @@ def fit_step(sweep: SweepConfig, run_steps: list[Step]) -> Step:
 
 def report_step(sweep: SweepConfig, fit: Step) -> Step:
     """The report of a fit."""
-    return Step("report", sweep.name, {"format": 1}, [fit])
+    return Step("report", sweep.name, {"format": 2}, [fit])
 
 
 # --- tasks (each runs its stage under the store's lease) -------------------------------------------
@@ -168,8 +169,9 @@ def _fit_work(store: Store, step: Step, sweep: SweepConfig, records: list[dict])
 def _report_work(store: Store, step: Step, law_path: Path, records: list[dict], failed: list[dict]) -> Callable[[], None]:
     def work() -> None:
         with atomic_directory(store.step_dir(step)) as folder:
-            (folder / "law.json").write_text(law_path.read_text())
-            write_report(folder / "law.json", records, failed, folder)
+            for name in (law_path.name, RUNS):  # the report folder stands alone: the law and its run table
+                shutil.copyfile(law_path.parent / name, folder / name)
+            write_report(folder / law_path.name, records, failed, folder)
 
     return work
 

@@ -74,19 +74,25 @@ def _plot_fit(plt, law, records: list[dict], params_key: str, path: Path) -> Non
 
 
 def _plot_epochs(plt, law, records: list[dict], params_key: str, path: Path) -> None:
+    from matplotlib.ticker import NullFormatter
+
     budgets = sorted({r["unique_tokens"] for r in records})
     figure, panels = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 4), squeeze=False, sharey=True)
+    top = max(r["epochs"] for r in records) * 2  # every panel shows the law out to the same repetition
+    ticks = [2.0**k for k in range(int(np.log2(top)) + 1)]
     for axes, unique in zip(panels[0], budgets):
         runs = [r for r in records if r["unique_tokens"] == unique]
         sizes = sorted({r[params_key] for r in runs})
         colours = plt.cm.plasma(np.linspace(0, 0.85, len(sizes)))
-        epochs = np.geomspace(min(r["epochs"] for r in runs), max(r["epochs"] for r in runs) * 2, 100)
+        epochs = np.geomspace(min(r["epochs"] for r in runs), top, 100)
         for size, colour in zip(sizes, colours):
             mine = [r for r in runs if r[params_key] == size]
             axes.scatter([r["epochs"] for r in mine], [r["val_loss"] for r in mine], color=colour, s=18)
             axes.plot(epochs, law.predict(size, epochs * unique, unique), color=colour, linewidth=1,
                       label=f"N={format_quantity(size, 3)}")
         axes.set(xscale="log", xlabel="epochs", title=f"U = {format_quantity(unique, 3)} tokens")
+        axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+        axes.xaxis.set_minor_formatter(NullFormatter())
         axes.legend(fontsize=7)
     panels[0][0].set_ylabel("validation loss")
     _save(figure, path)
@@ -133,12 +139,15 @@ def write_report(law_path: Path, records: list[dict], failed: list[dict], out_di
 
 
 def _markdown(law, document: dict, records: list[dict], failed: list[dict], rows: list[dict]) -> str:
-    intervals = document.get("intervals") or {}
+    bounds = document.get("intervals") or {}
+    intervals = bounds.get("params", {})
     lines = [
         "# Sweep report", "",
         f"{len(records)} runs fitted" + (f"; {len(failed)} failed and were left out: "
                                          + ", ".join(f"{f['name']} ({f['reason']})" for f in failed) if failed else "") + ".",
-        "", "## Fitted law", "", "| parameter | value | interval |", "| --- | --- | --- |",
+        "", "## Fitted law", "",
+        f"| parameter | value | {bounds['confidence']:.0%} bootstrap interval |" if bounds else "| parameter | value | interval |",
+        "| --- | --- | --- |",
     ]  # fmt: skip
     for name, value in law.params().items():
         interval = intervals.get(name)

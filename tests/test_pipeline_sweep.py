@@ -199,6 +199,9 @@ def test_the_tiny_studys_ci_variant_runs_to_a_law_with_intervals(tmp_path):
     for params in {p for p, _ in once}:
         losses = [once[(params, u)] for u in sorted(u for p, u in once if p == params)]
         assert losses == sorted(losses, reverse=True), (params, losses)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "bootstrap interval |" in report and f"| rd_star | {law['params']['rd_star']:.6g} | [" in report
+    assert (tmp_path / "report" / "runs.csv").read_text().count("\n") == 14  # header and 13 runs
     rows = (tmp_path / "report" / "allocation.csv").read_text().splitlines()
     assert len(rows) > 1 and all((tmp_path / "report" / name).stat().st_size > 0 for name in
                                  ("observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png", "report.md"))

@@ -45,14 +45,25 @@ def sweep_command(
     bar = Progress(*columns, console=err, transient=False)
     task = bar.add_task("runs", total=None, status="", eta="")
 
+    logged: list[str] = []  # where stderr is no terminal (a log file, a SLURM job), one plain line per change
+
     def show(counts: dict) -> None:
-        bar.start()  # on the first report, once the config and the cluster have passed every check
         if "total" not in counts:
-            bar.update(task, status=counts["status"])
+            status, eta = counts["status"], ""
+        else:
+            status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
+            eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
+        if not err.is_terminal:
+            line = f"runs: {status}" + (f" of {counts['total']}; {eta}" if "total" in counts else "")
+            if not logged or logged[-1].partition(";")[0] != line.partition(";")[0]:
+                logged.append(line)
+                err.print(line, highlight=False, soft_wrap=True)
             return
-        status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
-        eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
-        bar.update(task, completed=counts["done"] + counts["failed"], total=counts["total"], status=status, eta=eta)
+        bar.start()  # on the first report, once the config and the cluster have passed every check
+        if "total" in counts:
+            bar.update(task, completed=counts["done"] + counts["failed"], total=counts["total"], status=status, eta=eta)
+        else:
+            bar.update(task, status=status)
 
     try:
         outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid)
