@@ -22,11 +22,13 @@ def node_capacities(nodes: list[dict]) -> list[dict[str, float]]:
     ]  # fmt: skip
 
 
-def check_fits_cluster(runs: list[RunSpec], capacities: list[dict[str, float]], field_of: Callable[[str], str]) -> None:
+def check_fits_cluster(runs: list[RunSpec], capacities: list[dict[str, float]], field_of: Callable[[str], str],
+                       holder: str = "the Ray cluster") -> None:
     """InputError naming the first run whose resources no set of the cluster's nodes can give.
 
     `field_of(model)` is the config field a model's resources come from
-    (`SweepConfig.resources_field`), so that the message names what to change.
+    (`SweepConfig.resources_field`), so that the message names what to change; `holder` names
+    what the capacities describe.
     """
     for run in runs:
         wants = run.resources
@@ -42,4 +44,4 @@ def check_fits_cluster(runs: list[RunSpec], capacities: list[dict[str, float]], 
             field, value, has = "cpus", wants.cpus, f"its largest node has {most_cpus:g} CPUs"
         else:
             field, value, has = "nodes", wants.nodes, f"only {len(able)} of its {len(capacities)} nodes have {wants.cpus} CPUs and {wants.gpus} GPUs"
-        raise InputError(f"{where}.{field}: {value} asked for by run {run.name}, but the Ray cluster lacks it: {has}")
+        raise InputError(f"{where}.{field}: {value} asked for by run {run.name}, but {holder} lacks it: {has}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import ray
 from pipeline.cluster import check_fits_cluster, node_capacities
 from pipeline.config import RunSpec, SweepConfig, expand
 from pipeline.store import State, Step, Store
+from scaling.errors import InputError
 from stages.artifacts import atomic_directory, config_hash
 from stages.data import TokenData
 from stages.fit import RUNS, fit_runs
@@ -179,16 +181,42 @@ def _report_work(store: Store, step: Step, law_path: Path, records: list[dict], 
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def start_ray(address: str | None) -> bool:
-    """Join the cluster at `address`, or start a local one sized to this machine; True if started here."""
+def start_ray(address: str | None, wait_nodes: int = 0, timeout: float = 300.0) -> bool:
+    """Join the cluster at `address`, or start a local one sized to this machine; True if started here.
+
+    With `wait_nodes`, first wait (up to `timeout` seconds) for the head to listen and for that many
+    nodes to join: a job script starts the head and the workers just before the driver.
+    """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        return True
+    deadline = time.monotonic() + timeout
+    if wait_nodes:
+        _wait_for_port(address, deadline)
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    while sum(node["Alive"] for node in ray.nodes()) < wait_nodes:
+        if time.monotonic() > deadline:
+            alive = sum(node["Alive"] for node in ray.nodes())
+            ray.shutdown()
+            raise InputError(f"--wait-nodes: {wait_nodes} nodes did not join {address} within {timeout:.0f} s; {alive} did")
+        time.sleep(1.0)
     return True
+
+
+def _wait_for_port(address: str, deadline: float) -> None:
+    """Wait until something listens at HOST:PORT (connecting to a head that is not up yet hangs for minutes)."""
+    host, _, port = address.rpartition(":")
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise InputError(f"--address: nothing listens at {address}; is the Ray head up?") from None
+            time.sleep(0.5)
 
 
 def _options(spec: RunSpec) -> dict:
@@ -198,11 +226,11 @@ def _options(spec: RunSpec) -> dict:
 
 
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progress | None = None,
-              skip_invalid: bool = False) -> SweepOutcome:
+              skip_invalid: bool = False, wait_nodes: int = 0) -> SweepOutcome:
     """Run (or resume) the whole sweep and return its outcome; Ctrl-C cancels the running tasks cleanly."""
     root = str(Path(sweep.store).resolve())
     planned = expand(sweep, skip_invalid=skip_invalid)  # every check that needs no corpus, before any work
-    started_here = start_ray(address)
+    started_here = start_ray(address, wait_nodes)
     pending: list = []
     try:
         check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)

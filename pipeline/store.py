@@ -319,6 +319,25 @@ class Store:
             found.extend(self._inspect(stage_name, name, digest, with_record=True) for name, digest in sorted(keys))
         return found
 
+    def interrupt_job(self, job_id: str, reason: str) -> list[str]:
+        """Mark INTERRUPTED every step whose current lease SLURM job `job_id` holds, and release the lease.
+
+        For after the job has ended (cancelled, killed): its processes can't release their leases,
+        and on another host the lease would only go stale after `lease_timeout`. Returns the step ids.
+        """
+        interrupted = []
+        for leases in sorted(self.root.glob(f"*/{RECORDS}/*/{LEASES}")):
+            current = self._current_lease(leases)
+            if current is None or current.released or current.slurm_job_id != str(job_id):
+                continue
+            records = leases.parent
+            content = {"reason": reason, "owner": current.owner, "slurm_job_id": str(job_id), **_who(self.host)}
+            write_text_atomic(records / INTERRUPTED, json.dumps(content, indent=2) + "\n")
+            with suppress(FileExistsError):
+                _create_file(leases / f"released.{current.generation}", "")
+            interrupted.append(f"{records.parent.parent.name}/{records.name}")
+        return interrupted
+
     # -- markers ----------------------------------------------------------------------------------
 
     def mark_dep_failed(self, step: Step, failed_input: Step | str, reason: str = "") -> None:

@@ -40,7 +40,7 @@ def fail(message: str) -> None:
 
 def _register_commands() -> None:
     # Imported for their side effect: each module adds its commands to `app`.
-    from pipeline.cli import data_commands, law_commands, study_commands, sweep_commands, train_commands  # noqa: F401
+    from pipeline.cli import data_commands, law_commands, slurm_commands, study_commands, sweep_commands, train_commands  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

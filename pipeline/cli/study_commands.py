@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import typer
@@ -14,6 +15,8 @@ from rich.table import Table
 from pipeline.cli import app, fail
 from pipeline.config import load_sweep
 from pipeline.store import State, Store
+from pipeline.submit import job_state
+from pipeline.submit import jobs as submitted_jobs
 from scaling.atomic import write_text_atomic
 from stages.artifacts import SUCCESS
 from stages.fit import runs_csv
@@ -30,8 +33,13 @@ def sweep_command(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop impossible grid points with a warning instead of failing."),
     out: Path | None = typer.Option(None, "--out", help="Also copy the report (law.json, allocation.csv, plots, report.md) into this folder."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
+    wait_nodes: int = typer.Option(0, "--wait-nodes", min=0, help="With --address: wait for the head and this many nodes first (job scripts)."),
 ) -> None:
-    """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished."""
+    """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished.
+
+    Ctrl-C or SIGTERM (a SLURM preemption or time limit) stops it cleanly: running steps are marked
+    interrupted, and the same command resumes them.
+    """
     sweep = load_sweep(config)
     if store is not None:
         sweep = sweep.model_copy(update={"store": str(store)})
@@ -54,7 +62,7 @@ def sweep_command(
             status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
             eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
         if not err.is_terminal:
-            line = f"runs: {status}" + (f" of {counts['total']}; {eta}" if "total" in counts else "")
+            line = f"runs: {status}" + (f" of {counts['total']}" if "total" in counts else "") + (f"; {eta}" if eta else "")
             if not logged or logged[-1].partition(";")[0] != line.partition(";")[0]:
                 logged.append(line)
                 err.print(line, highlight=False, soft_wrap=True)
@@ -65,8 +73,9 @@ def sweep_command(
         else:
             bar.update(task, status=status)
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid)
+        outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid, wait_nodes=wait_nodes)
     except KeyboardInterrupt:
         err.print("interrupted: running steps were cancelled and are marked interrupted; run the same command to resume")
         raise typer.Exit(130) from None
@@ -88,6 +97,10 @@ def sweep_command(
         typer.echo(f"the fit is {outcome.fit_state.value}; see dcsl status {sweep.store}")
     if not outcome.law_path:
         raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _copy_report(source: Path, destination: Path) -> None:
@@ -134,6 +147,11 @@ def status_command(store: Path = typer.Argument(Path("store"), help="The store r
     laws = sorted(store.glob("fit/*/law.json"), key=lambda path: path.stat().st_mtime)
     if laws:
         typer.echo(f"latest law: {laws[-1]}")
+    for job in submitted_jobs(store):
+        state = job_state(job["job_id"])
+        restarts = f", restarted {state['restarts']}x" if state.get("restarts") else ""
+        reason = f" ({state['reason']})" if state.get("reason") not in (None, "", "None") else ""
+        typer.echo(f"slurm job {job['job_id']}: {state['state']}{reason}{restarts}; log {job['log']}")
 
 
 def finished_records(store: Path) -> list[dict]:
