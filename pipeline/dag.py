@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -190,13 +191,16 @@ def start_ray(address: str | None, wait_nodes: int = 0, timeout: float = 300.0) 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    handler = signal.getsignal(signal.SIGTERM)
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-        return True
+    else:
+        if wait_nodes:
+            _wait_for_port(address, time.monotonic() + timeout)
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    if callable(handler):  # ray.init puts its own SIGTERM handler (log, then abort) over the caller's: restore it
+        signal.signal(signal.SIGTERM, handler)
     deadline = time.monotonic() + timeout
-    if wait_nodes:
-        _wait_for_port(address, deadline)
-    ray.init(address=address, log_to_driver=False, configure_logging=False)
     while sum(node["Alive"] for node in ray.nodes()) < wait_nodes:
         if time.monotonic() > deadline:
             alive = sum(node["Alive"] for node in ray.nodes())

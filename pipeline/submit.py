@@ -59,11 +59,12 @@ class JobOptions:
             raise InputError(f"--time: {self.time!r} is not a SLURM time limit; use MINUTES, HH:MM:SS or D-HH:MM:SS")
         if self.mem is not None and not MEMORY_FORMAT.match(self.mem):
             raise InputError(f"--mem: {self.mem!r} is not a SLURM memory size; use a number with an optional K, M, G or T suffix")
-        for option, value in (("--partition", self.partition), ("--account", self.account), ("--extra-sbatch", self.extra_sbatch),
-                              ("--job-name", self.job_name)):  # fmt: skip
-            if value is not None and (not value.strip() or any(ord(c) < 32 for c in value) or '"' in value):
-                raise InputError(f"--{option.lstrip('-')}: {value!r} is not allowed: it must be non-empty, on one line, without '\"'")
-        self.extra_directives()
+        for option, value in (("--partition", self.partition), ("--account", self.account), ("--job-name", self.job_name)):
+            _check_directive_value(option, value)
+        if self.extra_sbatch is not None:
+            _check_directive_value("--extra-sbatch", self.extra_sbatch.replace('"', ""))  # quotes are shell syntax here
+            for word in self.extra_directives():
+                _check_directive_value("--extra-sbatch", word)
 
     def time_seconds(self) -> int | None:
         """The time limit in seconds, or None when the partition's default applies."""
@@ -106,6 +107,12 @@ class JobOptions:
             if value is not None:
                 options.append(f"{flag}={value}")
         return [f"#SBATCH {_directive_quote(option)}" for option in options + self.extra_directives()]
+
+
+def _check_directive_value(option: str, value: str | None) -> None:
+    """InputError unless `value` can stand in an #SBATCH line: non-empty, one line, no double quote."""
+    if value is not None and (not value.strip() or any(ord(c) < 32 for c in value) or '"' in value):
+        raise InputError(f"{option}: {value!r} is not allowed: it must be non-empty, on one line, without '\"'")
 
 
 def _directive_quote(option: str) -> str:
