@@ -214,3 +214,20 @@ def test_a_run_the_cluster_cannot_hold_fails_before_any_work(tmp_path):
     assert result.stderr == (f"error: resources.cpus: 64 asked for by run s-U20K-e1-s0, but the Ray cluster lacks it: "
                              f"its largest node has {os.cpu_count()} CPUs\n")
     assert not store.exists()
+
+
+def test_a_two_rank_run_goes_through_ray_train_and_matches_one_process(finished, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
+    two_ranks = json.loads(json.dumps(SWEEP))
+    two_ranks["models"] = two_ranks["models"][:1]
+    two_ranks["grid"] = [{"unique_tokens": "20K", "epochs": 1}]
+    two_ranks["train"]["processes"] = 2
+    two_ranks["resources"] = {"cpus": 2}
+    result = _sweep(_write(tmp_path, store, two_ranks))
+    assert "1 of 1 runs succeeded" in result.stdout, result.stderr[-3000:]  # (one run is too few to fit a law)
+    (run_dir,) = (store / "train").glob("s-U20K-e1-s0-*/")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["world_size"] == 2 and (run_dir / "ray_train").is_dir()  # trained by TorchTrainer's two workers
+    reference = json.loads(next((finished / "train").glob("s-U20K-e1-s0-*/run.json")).read_text())
+    assert record["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)  # DDP over 2 ranks = 1 process, same batch
