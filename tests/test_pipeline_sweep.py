@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.store import State, Store
+
 HF_HOME = os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="dcsl-hf-"))
 DCSL = str(Path(sys.executable).with_name("dcsl"))
 SWEEP = {
@@ -231,3 +233,54 @@ def test_a_two_rank_run_goes_through_ray_train_and_matches_one_process(finished,
     assert record["world_size"] == 2 and (run_dir / "ray_train").is_dir()  # trained by TorchTrainer's two workers
     reference = json.loads(next((finished / "train").glob("s-U20K-e1-s0-*/run.json")).read_text())
     assert record["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)  # DDP over 2 ranks = 1 process, same batch
+
+
+def _train_workers() -> list[int]:
+    """Pids of Ray worker processes running a train task (Ray names them `ray::_train_task`)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if status.read_bytes().startswith(b"ray::_train_task"):
+                found.append(int(status.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_crashed_worker_is_retried_and_its_run_resumes(finished, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
+    config = _write(tmp_path, store)
+    sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 120
+    while not (workers := _train_workers()):
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it claim its step and start training
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, err[-3000:]
+    assert f"{RUNS} of {RUNS} runs succeeded" in out
+    assert max(_attempts(store).values()) == 2  # the killed worker's step ran again, once
+    assert _law(store)["params"] == _law(finished)["params"]
+
+
+def test_ctrl_c_stops_cleanly_and_marks_nothing_done_that_is_not(finished, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
+    config = _write(tmp_path, store)
+    sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.monotonic() + 120
+    while not list((store / "train").glob(".steps/*/leases/lease.0")) if (store / "train").exists() else True:
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sweep.send_signal(signal.SIGINT)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "interrupted" in err
+    states = [info.state for info in Store(store).list_steps("train")]
+    assert State.INTERRUPTED in states and State.RUNNING not in states and State.FAILED not in states
+    for info in Store(store).list_steps("train"):  # a run is done exactly when its record says it finished
+        assert (info.state is State.DONE) == (info.path / "run.json").exists()
+    result = _sweep(config)
+    assert result.returncode == 0 and f"{RUNS} of {RUNS} runs succeeded" in result.stdout

@@ -292,3 +292,11 @@ def test_cancel_ends_the_job_and_leaves_no_step_running(tmp_path):
     assert State.INTERRUPTED in states.values()
     again = _dcsl("cancel", str(store))
     assert again.returncode == 2 and "has no active SLURM job" in again.stderr
+
+
+@slurm
+def test_gpus_on_a_cpu_partition_are_refused(tmp_path):
+    result = _dcsl("submit", str(CI_SWEEP), "--store", str(tmp_path / "store"), "--gpus-per-node", "1", "--partition", "debug")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --gpus-per-node: 1, but partition 'debug' has no GPUs (sinfo lists no gpu gres)\n"
+    assert not (tmp_path / "store").exists()
