@@ -247,17 +247,23 @@ def _train_workers() -> list[int]:
     return found
 
 
-def test_a_crashed_worker_is_retried_and_its_run_resumes(finished, tmp_path):
+def _start_on_a_tokenized_store(finished: Path, tmp_path: Path, until, settle: float) -> tuple[Path, Path, subprocess.Popen, list]:
+    """Start `dcsl sweep` on a store holding `finished`'s corpus; return `settle` s after `until(store)` found something."""
     store = tmp_path / "store"
     shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
     config = _write(tmp_path, store)
     sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 120
-    while not (workers := _train_workers()):
+    while not (found := until(store)):
         assert sweep.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(1.0)  # let it claim its step and start training
-    os.kill(workers[0], signal.SIGKILL)
+    time.sleep(settle)
+    return store, config, sweep, found
+
+
+def test_a_crashed_worker_is_retried_and_its_run_resumes(finished, tmp_path):
+    store, _, sweep, workers = _start_on_a_tokenized_store(finished, tmp_path, lambda store: _train_workers(), settle=0.3)
+    os.kill(workers[0], signal.SIGKILL)  # mid-run: the task has claimed its step and is training
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, err[-3000:]
     assert f"{RUNS} of {RUNS} runs succeeded" in out
@@ -266,15 +272,8 @@ def test_a_crashed_worker_is_retried_and_its_run_resumes(finished, tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_marks_nothing_done_that_is_not(finished, tmp_path):
-    store = tmp_path / "store"
-    shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
-    config = _write(tmp_path, store)
-    sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    deadline = time.monotonic() + 120
-    while not list((store / "train").glob(".steps/*/leases/lease.0")) if (store / "train").exists() else True:
-        assert sweep.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(1.0)
+    store, config, sweep, _ = _start_on_a_tokenized_store(
+        finished, tmp_path, lambda store: list(store.glob("train/.steps/*/leases/lease.0")), settle=1.0)
     sweep.send_signal(signal.SIGINT)
     _, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130 and "interrupted" in err
