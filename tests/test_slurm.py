@@ -44,19 +44,27 @@ line=$(printf '%s\\x1f' "{name}" "$@")
 printf '%s\\n' "$line" >> "{log}"
 case "{name}" in
   ray) trap 'exit 0' TERM; while true; do sleep 0.1; done ;;
-  dcsl) trap 'echo dcsl-got-TERM >> "{log}"; exit 130' TERM; for _ in $(seq {dcsl_seconds}0); do sleep 0.1; done ;;
+  dcsl) trap 'echo dcsl-got-TERM >> "{log}"; exit 130' TERM
+        for call in {wait_for}; do  # until those calls are logged
+          for _ in $(seq 200); do grep -q "^$call" "{log}" && break; sleep 0.1; done
+        done
+        for _ in $(seq {dcsl_seconds}0); do sleep 0.1; done ;;
   srun) trap 'exit 0' TERM; while true; do sleep 0.1; done ;;
 esac
 """
 
 
-def _stubs(folder: Path, dcsl_seconds: int = 0) -> Path:
-    """A bin folder with dcsl, ray, srun and scontrol stand-ins that log their arguments to `calls.log`."""
+def _stubs(folder: Path, dcsl_seconds: int = 0, wait_for: str = "ray") -> Path:
+    """A bin folder with dcsl, ray, srun and scontrol stand-ins that log their arguments to `calls.log`.
+
+    The dcsl stand-in first waits (up to 20 s each) for the `wait_for` stand-ins to have logged their calls:
+    background commands started before the driver get to run, however loaded the machine.
+    """
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     for name in ("dcsl", "ray", "srun", "scontrol"):
         path = bin_dir / name
-        path.write_text(STUB.format(name=name, log=folder / "calls.log", dcsl_seconds=dcsl_seconds))
+        path.write_text(STUB.format(name=name, log=folder / "calls.log", dcsl_seconds=dcsl_seconds, wait_for=wait_for))
         path.chmod(0o755)
     return bin_dir
 
@@ -79,7 +87,7 @@ def _run_script(script: Path, folder: Path, bin_dir: Path, nodes: int = 1, wait:
 def _render(folder: Path, options: JobOptions, name: str = "store") -> tuple[Path, Path, Path]:
     store = folder / name
     sweep_file = folder / f"{name} sweep.yaml"
-    bin_dir = _stubs(folder)
+    bin_dir = _stubs(folder, wait_for="ray srun" if options.nodes > 1 else "ray")
     script = folder / "job.sbatch"
     script.write_text(render(options, sweep_file, store, folder / "slurm-%j.out", bin_dir))
     return script, store, bin_dir
