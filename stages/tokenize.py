@@ -18,13 +18,17 @@ Output, `<store>/tokenize/<name>-<hash>/`:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
-from importlib.metadata import version
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +45,7 @@ STAGE = "tokenize"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 8_000_000  # text per process per `datasets.map` call: bounds the memory of each call
 MAP_BATCH_SIZE = 256
+MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phases are 'reading', 'training tokenizer', 'tokenizing'."""
@@ -167,57 +172,108 @@ def _training_sample(dataset, order: np.ndarray, characters: int, sample: dict) 
                 return
 
 
-def _encode(batch: dict, tokenizer, eod: int, dtype: str) -> dict:
+def _encode(batch: dict, tokenizer, eod: int, dtype: str, corpus_files: set[str]) -> dict:
     """`datasets.map` function: token ids of each document followed by the end-of-document token.
 
     Special-token strings inside a document are encoded as plain text, so the end-of-document id
-    only ever marks a document's end (the setting does not survive pickling, hence set here).
+    only ever marks a document's end (the setting does not survive pickling, hence set here). The
+    corpus pages the batch was read from are released afterwards (`_release_mapped_pages`).
     """
     tokenizer.encode_special_tokens = True
     encodings = tokenizer.encode_batch_fast([text or "" for text in batch["text"]], add_special_tokens=False)
+    _release_mapped_pages(corpus_files)
     return {"ids": [np.array([*encoding.ids, eod], dtype=dtype) for encoding in encodings]}
 
 
 def _write_tokens(dataset, order, tokenizer, eod, dtype, work, num_proc, progress) -> tuple[np.ndarray, str]:
-    """Tokenize the documents in `order`, chunk by chunk, appending to tokens.bin; return lengths and SHA-256.
+    """Tokenize every document and write tokens.bin with the documents in `order`; return their lengths
+    (in `order`) and the file's SHA-256.
 
-    Each chunk holds about CHUNK_BYTES of text per process, so memory stays bounded whatever the
-    corpus size; within a chunk the documents are dealt out so each process gets as many bytes.
+    Pass 1 tokenizes the corpus in file order, chunk by chunk, into a scratch file: each chunk holds
+    about CHUNK_BYTES of text per process (dealt out so each process gets as many bytes) and reads
+    one stretch of the memory-mapped corpus, so memory stays bounded whatever the corpus size.
+    Pass 2 copies each document's tokens into tokens.bin in `order` with positioned reads, so the
+    shuffle maps neither the corpus nor the tokens into memory.
     """
     import datasets
     import pyarrow.compute as pc
 
-    sizes = pc.binary_length(dataset.data.column("text")).fill_null(0).to_numpy()[order]
+    sizes = pc.binary_length(dataset.data.column("text")).fill_null(0).to_numpy()
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
-    digest = hashlib.sha256()
+    corpus_files = {os.path.realpath(entry["filename"]) for entry in dataset.cache_files}
+    scratch = work / "cache" / "tokens-in-file-order.bin"
     lengths = []
     progress("tokenizing", 0, len(order))
-    with open(work / "tokens.bin", "wb") as out:
+    with open(scratch, "wb") as out:
         for start, end in _chunks(sizes, CHUNK_BYTES * num_proc):
             processes = min(num_proc, end - start)
             dealt = _deal(sizes[start:end], processes)
-            encoded = dataset.select(order[start:end][dealt]).map(
+            encoded = dataset.select(np.arange(start, end)[dealt]).map(
                 _encode,
                 batched=True,
                 batch_size=MAP_BATCH_SIZE,
                 num_proc=processes if processes > 1 else None,
                 remove_columns=["text"],
                 features=features,
-                fn_kwargs={"tokenizer": tokenizer, "eod": eod, "dtype": dtype.name},
+                fn_kwargs={"tokenizer": tokenizer, "eod": eod, "dtype": dtype.name, "corpus_files": corpus_files},
                 cache_file_name=str(work / "cache" / f"tokens-{start}.arrow"),
                 load_from_cache_file=False,
                 new_fingerprint=f"tokens-{start}",
             )
             for array in encoded.data.column("ids").take(np.argsort(dealt)).chunks:
-                values = array.flatten().to_numpy()
-                out.write(memoryview(values))
-                digest.update(memoryview(values))
+                out.write(memoryview(array.flatten().to_numpy()))
                 lengths.append(array.value_lengths().to_numpy())
             for cache_file in encoded.cache_files:
                 os.remove(cache_file["filename"])
             del encoded
             progress("tokenizing", end, len(order))
-    return np.concatenate(lengths).astype(np.int64), digest.hexdigest()
+    lengths = np.concatenate(lengths).astype(np.int64)
+    digest = _shuffle_documents(scratch, work / "tokens.bin", lengths, order, dtype.itemsize)
+    os.remove(scratch)
+    return lengths[order], digest
+
+
+def _shuffle_documents(source: Path, target: Path, lengths: np.ndarray, order: np.ndarray, itemsize: int) -> str:
+    """Write the documents of `source` (in file order, `lengths` tokens each) to `target` in `order`; its SHA-256."""
+    starts = (np.cumsum(lengths) - lengths) * itemsize
+    digest = hashlib.sha256()
+    with open(source, "rb") as tokens, open(target, "wb") as out:
+        handle = tokens.fileno()
+        for document in order.tolist():
+            data = os.pread(handle, int(lengths[document]) * itemsize, int(starts[document]))
+            out.write(data)
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def _release_mapped_pages(files: set[str]) -> None:
+    """Drop this process's resident pages of its read-only mappings of `files` (MADV_DONTNEED).
+
+    The corpus is a memory-mapped Arrow file (`Dataset.cache_files`); every page a batch reads, and
+    the pages the kernel maps around each fault (fault-around, 64 KiB), stay resident in the process
+    until unmapped, so the resident size would grow with the corpus. Only read-only mappings of those
+    files are touched: their pages are clean, and a later read faults them back in.
+    """
+    madvise = _libc_madvise()
+    if madvise is None or not files:
+        return
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() in files and "w" not in fields[1]:
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_madvise():
+    """libc's madvise on Linux (where /proc/self/maps lists the mappings), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
 
 
 def _chunks(sizes: np.ndarray, chunk_bytes: int) -> Iterator[tuple[int, int]]:
