@@ -155,11 +155,13 @@ class _Rotary(nn.Module):
         self.register_buffer("cos", torch.cat([angles.cos()] * 2, dim=-1), persistent=False)
         self.register_buffer("sin", torch.cat([angles.sin()] * 2, dim=-1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[-2]
-        first, second = x.chunk(2, dim=-1)
+    def forward(self, qk: torch.Tensor) -> torch.Tensor:
+        """Rotate queries and keys together: `qk` is (batch, length, 2, heads, head_dim)."""
+        length = qk.shape[1]
+        cos, sin = self.cos[:length, None, None], self.sin[:length, None, None]
+        first, second = qk.chunk(2, dim=-1)
         rotated = torch.cat([-second, first], dim=-1)
-        return (x * self.cos[:length] + rotated * self.sin[:length]).to(x.dtype)
+        return (qk * cos + rotated * sin).to(qk.dtype)
 
 
 class _Block(nn.Module):
@@ -177,9 +179,12 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+        qkv = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, width // self.heads)
+        if self.rotary is None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        else:  # one pass over queries and keys side by side, before the heads move forward
+            q, k = self.rotary(qkv[:, :, :2]).permute(2, 0, 3, 1, 4)
+            v = qkv[:, :, 2].transpose(1, 2)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
         return x + self.down(F.gelu(self.up(self.norm2(x))))
