@@ -192,15 +192,15 @@ def start_ray(address: str | None, wait_nodes: int = 0, timeout: float = 300.0) 
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     handler = signal.getsignal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout  # one budget for the head to listen and the nodes to join
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     else:
         if wait_nodes:
-            _wait_for_port(address, time.monotonic() + timeout)
+            _wait_for_port(address, deadline)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     if callable(handler):  # ray.init puts its own SIGTERM handler (log, then abort) over the caller's: restore it
         signal.signal(signal.SIGTERM, handler)
-    deadline = time.monotonic() + timeout
     while sum(node["Alive"] for node in ray.nodes()) < wait_nodes:
         if time.monotonic() > deadline:
             alive = sum(node["Alive"] for node in ray.nodes())
