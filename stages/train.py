@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from scaling.atomic import write_text_atomic
-from stages import checkpoint, distributed
+from stages import checkpoint, distributed, host_memory
 from stages.artifacts import config_hash
 from stages.data import TokenData
 from stages.engines import make_engine
@@ -88,9 +88,13 @@ def _autocast(config: RunConfig, device: torch.device) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
-def _set_threads(device: torch.device) -> None:
-    """On CPU, share the cores among this machine's ranks unless the user chose a thread count."""
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+def _prepare_cpu(device: torch.device) -> None:
+    """On CPU: keep freed memory for the next step (`host_memory`), and share the cores among this
+    machine's ranks unless the user chose a thread count."""
+    if device.type != "cpu":
+        return
+    host_memory.keep_freed_memory()
+    if "OMP_NUM_THREADS" not in os.environ:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
@@ -108,7 +112,7 @@ def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Prog
 
 def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None) -> dict | None:
     started = time.perf_counter()
-    _set_threads(ranks.device)
+    _prepare_cpu(ranks.device)
     micro_batch, micro_steps = config.micro_batching(ranks.world)
     per_rank = micro_batch * micro_steps
     sampler = SequenceSampler(data.budget(config.unique_tokens), config.seq_len, config.batch_size, config.tokens, config.seed)
