@@ -1,8 +1,8 @@
 """Benchmarks of the orchestration; every number beside its baseline from the same run.
 
-1. Overhead per step: 200 no-work steps through the pipeline's path (a Ray task per step, each run
-   under the store's lease with its step.json, markers and SUCCESS) against the same 200 no-work
-   functions called in a plain loop. Target: <= 50 ms per step.
+1. Overhead per step: a graph of 200 no-work steps through the pipeline's runner (a Ray task per
+   step, each run under the store's lease with its step.json, markers and SUCCESS) against the same
+   200 no-work functions called in a plain loop. Target: <= 50 ms per step.
 2. Re-running a finished 200-run sweep: `run_sweep` on a store where every step is done, timed
    beyond Ray's start-up (measured in the same run). Target: <= 5 s.
 
@@ -26,10 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from pipeline.config import SweepConfig  # noqa: E402
-from pipeline.dag import run_sweep, start_ray, step_task, sweep_steps  # noqa: E402
+from pipeline.graph import Node  # noqa: E402
+from pipeline.kinds.tokenize import tokenize_step  # noqa: E402
+from pipeline.kinds.train import train_step  # noqa: E402
+from pipeline.ray_session import start_ray  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
 from pipeline.store import State, Step, Store  # noqa: E402
+from pipeline.sweep import run_sweep  # noqa: E402
+from pipeline.config import expand  # noqa: E402
 from scaling.laws import preset  # noqa: E402
-from stages.artifacts import SUCCESS  # noqa: E402
+from stages.artifacts import mark_success  # noqa: E402
+from stages.record import RunRecord  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
 STEPS = 200
@@ -39,16 +46,34 @@ def _no_work() -> None:
     """A step that does nothing: what is left is the orchestration."""
 
 
+class NoWork:
+    """A step kind whose steps do nothing."""
+
+    stage, counted = "noop", True
+
+    def key(self, spec, inputs):
+        return Step("noop", f"step-{spec:03d}", {"i": spec})
+
+    def resources(self, spec):
+        return {"num_cpus": 1}
+
+    def run(self, spec, step, out_dir, inputs):
+        _no_work()
+
+    def result(self, spec, out_dir):
+        return None
+
+
 def bench_overhead(root: Path) -> None:
-    steps = [Step("noop", f"step-{i:03d}", {"i": i}) for i in range(STEPS)]
+    nodes = [Node(NoWork(), f"step-{i:03d}", i) for i in range(STEPS)]
     started = time.perf_counter()
-    for _ in steps:
+    for _ in nodes:
         _no_work()
     plain = time.perf_counter() - started
     started = time.perf_counter()
-    states = ray.get([step_task.remote(str(root), step, _no_work) for step in steps])
+    outcomes = Runner(root).run(nodes)
     pipeline = time.perf_counter() - started
-    assert all(state is State.DONE for state in states)
+    assert all(outcome.state is State.DONE for outcome in outcomes.values())
     overhead = (pipeline - plain) / STEPS
     print(f"  {STEPS} no-work steps: plain loop {plain * 1e3:.3f} ms, through Ray tasks + store {pipeline:.2f} s "
           f"({os.cpu_count()} CPUs, tasks in parallel)")
@@ -71,18 +96,18 @@ def _sweep(root: Path) -> SweepConfig:
 def _fake_finished_runs(sweep: SweepConfig, root: Path) -> int:
     """Mark every train step of the sweep done, with a record whose loss comes from the C4 law."""
     data = tokenize(sweep.data, root)
-    steps = sweep_steps(sweep, json.loads((data / "manifest.json").read_text())["train"]["tokens"])
-    store, law = Store(root), preset("c4")
-    for spec, step in steps.runs.values():
-        folder = store.step_dir(step)
-        folder.mkdir(parents=True, exist_ok=True)
+    specs = expand(sweep, json.loads((data / "manifest.json").read_text())["train"]["tokens"])
+    store, law, data_step = Store(root), preset("c4"), tokenize_step(sweep.data)
+    for spec in specs:
+        folder = store.step_dir(train_step(spec, data_step))
         loss = float(law.predict(spec.params_non_embedding * 1e4, spec.tokens * 1e4, spec.unique_tokens * 1e4))
-        record = {"name": spec.name, "params": spec.params, "params_non_embedding": spec.params_non_embedding,
-                  "tokens": spec.tokens, "unique_tokens": spec.unique_tokens, "epochs": spec.epochs,
-                  "val_loss": loss, "flops": spec.flops}  # fmt: skip
-        (folder / "run.json").write_text(json.dumps(record))
-        (folder / SUCCESS).write_text("")
-    return len(steps.runs)
+        record = RunRecord(name=spec.name, params=spec.params, params_non_embedding=spec.params_non_embedding,
+                           tokens=spec.tokens, unique_tokens=spec.unique_tokens, epochs=spec.epochs, val_loss=loss,
+                           flops=spec.flops)  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run.json").write_text(record.to_json())
+        mark_success(folder)
+    return len(specs)
 
 
 def bench_rerun(root: Path) -> None:

@@ -8,6 +8,8 @@
 4. Allocation: (C, U) queries per second in one vectorised call (target >= 10,000/s), beside a
    per-query loop of scipy's bounded scalar minimiser over log N (same law) as the baseline.
 
+Every timing, ours and the baselines alike, is the best of REPEATS calls after WARMUP untimed ones.
+
 Run: .venv/bin/python bench/bench_scaling.py
 """
 
@@ -31,13 +33,19 @@ from scaling.allocate import allocate  # noqa: E402
 from scaling.bootstrap import bootstrap  # noqa: E402
 from scaling.fit import FitSpec, fit  # noqa: E402
 from scaling.laws import preset  # noqa: E402
+from scaling.objective import RD_STAR  # noqa: E402
 from scaling.runs import read_csv_runs  # noqa: E402
 
+WARMUP = 1
+REPEATS = 3
 
-def timed(func, repeats: int = 1):
-    """Best wall time of `repeats` calls, and the last result."""
+
+def timed(func):
+    """Best wall time of REPEATS calls after WARMUP untimed ones, and the last result."""
+    for _ in range(WARMUP):
+        func()
     best, result = math.inf, None
-    for _ in range(repeats):
+    for _ in range(REPEATS):
         start = time.perf_counter()
         result = func()
         best = min(best, time.perf_counter() - start)
@@ -60,12 +68,12 @@ def main() -> None:
     runs = read_csv_runs(REPO / "examples" / "datablations_c4.csv")
     c4 = preset("c4")
     print(f"machine: {platform.machine()}, {platform.processor() or '?'}, python {platform.python_version()}, "
-          f"numpy {np.__version__}")
+          f"numpy {np.__version__}; each time the best of {REPEATS} after {WARMUP} warm-up call(s)")
 
     base_s, base = timed(lambda: fit_repetition_torch(runs.params, runs.tokens, runs.unique_tokens, runs.loss,
                                                       base=C4_BASE))
     spec = FitSpec(method="repetition", base=c4.base)
-    ours_s, ours = timed(lambda: fit(runs, spec), repeats=3)
+    ours_s, ours = timed(lambda: fit(runs, spec))
     print(f"[1] repetition-only fit: baseline {base_s:.2f} s (R_D* {base['rd_star']:.4f}, R_N* {base['rn_star']:.4f}, "
           f"objective {base['objective']:.12g}); ours {ours_s:.3f} s (R_D* {ours.law.rd_star:.4f}, "
           f"R_N* {ours.law.rn_star:.4f}, objective {ours.objective:.12g}, {ours.starts} starts)")
@@ -77,13 +85,13 @@ def main() -> None:
 
     boot_s, samples = timed(lambda: bootstrap(runs, ours, resamples=1000, seed=0))
     print(f"[3] bootstrap, 1000 resamples of the repetition-only fit: {boot_s:.2f} s = {boot_s / base_s:.2f}x the "
-          f"baseline's time (target < 1); R_D* 95% [{np.percentile(samples[:, 5], 2.5):.2f}, "
-          f"{np.percentile(samples[:, 5], 97.5):.2f}]")
+          f"baseline's time (target < 1); R_D* 95% [{np.percentile(samples[:, RD_STAR], 2.5):.2f}, "
+          f"{np.percentile(samples[:, RD_STAR], 97.5):.2f}]")
 
     rng = np.random.default_rng(0)
     queries = 100_000
     flops, unique = 10 ** rng.uniform(18, 25, queries), 10 ** rng.uniform(8, 13, queries)
-    alloc_s, result = timed(lambda: allocate(c4, flops, unique), repeats=3)
+    alloc_s, result = timed(lambda: allocate(c4, flops, unique))
     loop_n = 300
     loop_s, loop_loss = timed(lambda: scipy_allocation_loop(c4, flops[:loop_n], unique[:loop_n]))
     ours_qps, loop_qps = queries / alloc_s, loop_n / loop_s

@@ -55,7 +55,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from stages.data import TokenData  # noqa: E402
-from stages.launch import read_record, train  # noqa: E402
+from stages.launch import train  # noqa: E402
+from stages.record import read_record  # noqa: E402
 from stages.run_config import RunConfig  # noqa: E402
 from stages.tokenize import TokenizeConfig, tokenize  # noqa: E402
 
@@ -192,7 +193,7 @@ def run_ours(artifact: Path, store: Path, shape: tuple, steps: int, positions: s
     stamps: list[float] = []
     started = time.perf_counter()
     run_dir = train(config, artifact, store, progress=lambda record, total: stamps.append(time.perf_counter()))
-    record = read_record(run_dir)
+    record = read_record(run_dir).model_dump()
     record["stage_wall_seconds"] = time.perf_counter() - started
     assert len(stamps) == steps, (len(stamps), steps)
     return stamps, record

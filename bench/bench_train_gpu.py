@@ -140,7 +140,7 @@ def launch(config: dict, data: Path, store: Path) -> tuple[dict, list[dict], flo
 
 
 def bench_mfu(data: Path, work: Path, micros: list[int], steps: int, smoke: bool) -> None:
-    from stages.model import ModelShape
+    from stages.shapes import ModelShape
 
     shape = (ModelShape(**SMOKE["model"], vocab_size=SMOKE["vocab"], seq_len=SMOKE["seq_len"]) if smoke
              else ModelShape(**MODEL, vocab_size=VOCAB, seq_len=SEQ_LEN))  # fmt: skip

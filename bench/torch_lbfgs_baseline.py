@@ -32,7 +32,6 @@ GRID = np.linspace(0.0, 20.0, 4)
 STEPS = 50
 
 
-
 def fit_repetition_torch(params, tokens, unique_tokens, loss, base=C4_BASE):
     """Fit R_D* and R_N* with the base law fixed, the way the paper's authors did.
 

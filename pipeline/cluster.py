@@ -44,4 +44,4 @@ def check_fits_cluster(runs: list[RunSpec], capacities: list[dict[str, float]], 
             field, value, has = "cpus", wants.cpus, f"its largest node has {most_cpus:g} CPUs"
         else:
             field, value, has = "nodes", wants.nodes, f"only {len(able)} of its {len(capacities)} nodes have {wants.cpus} CPUs and {wants.gpus} GPUs"
-        raise InputError(f"{where}.{field}: {value} asked for by run {run.name}, but {holder} lacks it: {has}")
+        raise InputError(f"{where}.{field}", f"{value} asked for by run {run.name}, but {holder} lacks it: {has}")

@@ -5,7 +5,7 @@ Sections of a sweep file (all checked before any work starts; unknown keys are r
   name, store   the sweep's name and the store root
   data          the corpus and tokenizer: `stages.tokenize.TokenizeConfig`, as `dcsl tokenize` reads it
   models        named models: an explicit shape (layers, width, heads, ...) or `params: 1M` (the size
-                table of `stages.model`); each may override `train:` and `resources:` settings
+                table of `stages.shapes`); each may override `train:` and `resources:` settings
   grid          one block or a list of blocks; a block is either
                   models x unique_tokens x epochs   a full grid: D = epochs * U
                   models x unique_tokens x flops    isoFLOP: D = C / (6 N), N non-embedding
@@ -39,13 +39,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
-from pipeline.cli.config_files import read_yaml, validation_message
+from pipeline.config_files import read_yaml, validation_error
 from scaling.errors import InputError
 from scaling.fit import METHODS, FitSpec, fixed_to_theta
 from scaling.laws import PRESETS, preset
 from scaling.units import format_quantity, parse_quantity
 from stages.fields import Count
-from stages.model import ModelConfig, ModelShape
+from stages.shapes import ModelConfig, ModelShape
 from stages.run_config import RunConfig, WandbConfig
 from stages.tokenize import TokenizeConfig
 from stages.tokenizer import load_tokenizer
@@ -67,7 +67,7 @@ def _seed_list(value: Any) -> Any:
     """`seeds: n` means seeds 0..n-1."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
-            raise ValueError(f"seeds: {value} must be a count of at least 1 or a list of seeds")
+            raise InputError("seeds", f"{value} must be a count of at least 1 or a list of seeds")
         return list(range(value))
     return value
 
@@ -95,7 +95,7 @@ class Resources(BaseModel):
     @model_validator(mode="after")
     def _nodes_need_gpus(self) -> Resources:
         if self.nodes > 1 and self.gpus == 0:
-            raise ValueError(f"nodes: {self.nodes} nodes need gpus >= 1 per node; a CPU run uses one machine")
+            raise InputError("nodes", f"{self.nodes} nodes need gpus >= 1 per node; a CPU run uses one machine")
         return self
 
 
@@ -124,7 +124,7 @@ class GridBlock(BaseModel):
     @model_validator(mode="after")
     def _one_form(self) -> GridBlock:
         if (self.epochs is None) == (self.flops is None):
-            raise ValueError("epochs: give epochs (a full grid) or flops (isoFLOP compute budgets): exactly one of them")
+            raise InputError("epochs", "give epochs (a full grid) or flops (isoFLOP compute budgets): exactly one of them")
         return self
 
 
@@ -146,20 +146,20 @@ class FitSettings(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> FitSettings:
         if self.base != "fitted" and self.base not in PRESETS:
-            raise ValueError(f"base: {self.base!r} is not allowed; use fitted or a preset: {', '.join(PRESETS)}")
+            raise InputError("base", f"{self.base!r} is not allowed; use fitted or a preset: {', '.join(PRESETS)}")
         spec = self.spec()
-        for field, check in (("bounds", spec.box), ("fix", lambda: fixed_to_theta(spec.fixed, *spec.box()))):
+        for setting, check in (("bounds", spec.box), ("fix", lambda: fixed_to_theta(spec.fixed, *spec.box()))):
             try:
                 check()
-            except InputError as err:  # scaling's messages start with its own name for the setting
-                raise ValueError(f"{field}: {str(err).partition(': ')[2]}") from None
+            except InputError as err:  # named after this setting, whatever scaling calls the parameter
+                raise InputError(setting, err.problem) from None
         return self
 
     def spec(self) -> FitSpec:
         """The `scaling.fit.FitSpec` these settings describe."""
         base = None if self.base == "fitted" else preset(self.base).base
-        method = self.method or ("base" if self.law == "base" else "repetition" if base is not None else "two-stage")
-        return FitSpec(law=self.law, method=method, base=base, fixed=self.fix, tie_exponents=self.tie_exponents, bounds=self.bounds)
+        return FitSpec.resolve(law=self.law, base=base, method=self.method, fixed=self.fix, bounds=self.bounds,
+                               tie_exponents=self.tie_exponents)
 
 
 class SweepConfig(BaseModel):
@@ -183,18 +183,18 @@ class SweepConfig(BaseModel):
         names = [entry.name for entry in self.models]
         for index, name in enumerate(names):
             if name in names[:index]:
-                raise ValueError(f"models.{index}.name: {name!r} is used by models.{names.index(name)} too; names must be unique")
+                raise InputError(f"models.{index}.name", f"{name!r} is used by models.{names.index(name)} too; names must be unique")
         for index, block in enumerate(self.grid):
             for name in block.models or []:
                 if name not in names:
-                    raise ValueError(f"grid.{index}.models: {name!r} is not a model; models: {', '.join(names)}")
+                    raise InputError(f"grid.{index}.models", f"{name!r} is not a model; models: {', '.join(names)}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: {self.seeds} repeats a seed")
+            raise InputError("seeds", f"{self.seeds} repeats a seed")
         for index, entry in enumerate(self.models):
             train = self.train_for(entry.name)
             if train.batch_tokens % train.seq_len:
                 where = f"models.{index}.train" if entry.train else "train"
-                raise ValueError(f"{where}.batch_tokens: {train.batch_tokens} is not a multiple of seq_len {train.seq_len}")
+                raise InputError(f"{where}.batch_tokens", f"{train.batch_tokens} is not a multiple of seq_len {train.seq_len}")
             self.resources_for(entry.name)
         return self
 
@@ -224,12 +224,12 @@ class SweepConfig(BaseModel):
         resources = _validated(Resources, _merge(self.resources.model_dump(exclude_unset=True), entry.resources), where)
         device = self.train_for(model).device
         if resources.gpus and device == "cpu":
-            raise InputError(f"{where}.gpus: {resources.gpus} GPUs asked for, but train.device is 'cpu'; use gpus: 0 or device auto/cuda")
+            raise InputError(f"{where}.gpus", f"{resources.gpus} GPUs asked for, but train.device is 'cpu'; use gpus: 0 or device auto/cuda")
         if not resources.gpus and device == "cuda":
-            raise InputError(f"{where}.gpus: 0, but train.device is 'cuda'; a CUDA run needs gpus >= 1")
+            raise InputError(f"{where}.gpus", "0, but train.device is 'cuda'; a CUDA run needs gpus >= 1")
         processes = self.train_for(model).processes
         if not resources.gpus and resources.cpus < processes:
-            raise InputError(f"{where}.cpus: {resources.cpus} is fewer than the {processes} train.processes of a CPU run")
+            raise InputError(f"{where}.cpus", f"{resources.cpus} is fewer than the {processes} train.processes of a CPU run")
         return resources
 
     def vocab_size(self) -> int:
@@ -271,10 +271,10 @@ def load_sweep(path: Path) -> SweepConfig:
     try:
         return SweepConfig.model_validate(document)
     except ValidationError as err:
-        line = validation_message(err, SweepConfig)
-        if isinstance(document.get("grid"), dict) and line.startswith("grid.0"):  # one block, written as a mapping
-            line = "grid" + line[len("grid.0") :]
-        raise InputError(line) from None
+        error = validation_error(err, SweepConfig)
+        if isinstance(document.get("grid"), dict) and error.field.startswith("grid.0"):  # one block, written as a mapping
+            error = InputError("grid" + error.field[len("grid.0") :], error.problem)
+        raise error from None
 
 
 def expand(
@@ -310,10 +310,10 @@ def expand(
                     for seed in sweep.seeds:
                         spec = _with_seed(point, seed)
                         if spec.name in runs and runs[spec.name].config != spec.config:
-                            raise InputError(f"grid: two different runs are both named {spec.name!r}; make their U or epochs differ more")
+                            raise InputError("grid", f"two different runs are both named {spec.name!r}; make their U or epochs differ more")
                         runs.setdefault(spec.name, spec)
     if not runs:
-        raise InputError(f"grid: no grid point is possible; the first: {first_error}")
+        raise InputError("grid", f"no grid point is possible; the first: {first_error}")
     return list(runs.values())
 
 
@@ -333,7 +333,7 @@ def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int
         wanted = target["flops"] / (6 * counts.non_embedding)
 
     def impossible(message: str) -> InputError:
-        return InputError(f"grid point {point}: {message}")
+        return InputError(f"grid point {point}", message)
 
     if corpus_train_tokens is not None and unique > corpus_train_tokens:
         raise impossible(f"unique_tokens: {unique} exceeds the corpus's {corpus_train_tokens} training tokens")
@@ -353,7 +353,7 @@ def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int
     try:
         config = RunConfig.model_validate(settings)
     except ValidationError as err:
-        raise impossible(validation_message(err, RunConfig)) from None
+        raise impossible(str(validation_error(err, RunConfig))) from None
     resources = sweep.resources_for(model)
     try:
         config.check_world(_world_size(resources, config.processes))
@@ -398,4 +398,4 @@ def _validated(model: type[BaseModel], settings: dict, where: str):
     try:
         return model.model_validate(settings)
     except ValidationError as err:
-        raise InputError(validation_message(err, model, prefix=where)) from None
+        raise validation_error(err, model, prefix=where) from None

@@ -50,15 +50,15 @@ class JobOptions:
     def check(self) -> None:
         """InputError naming the first option SLURM would refuse (or that could break the script)."""
         if self.nodes < 1:
-            raise InputError(f"--nodes: {self.nodes} is not allowed; a job needs at least 1 node")
+            raise InputError("--nodes", f"{self.nodes} is not allowed; a job needs at least 1 node")
         if self.gpus_per_node < 0:
-            raise InputError(f"--gpus-per-node: {self.gpus_per_node} is not allowed; use 0 or more")
+            raise InputError("--gpus-per-node", f"{self.gpus_per_node} is not allowed; use 0 or more")
         if self.cpus_per_node is not None and self.cpus_per_node < 1:
-            raise InputError(f"--cpus-per-node: {self.cpus_per_node} is not allowed; use 1 or more")
+            raise InputError("--cpus-per-node", f"{self.cpus_per_node} is not allowed; use 1 or more")
         if self.time is not None and not TIME_FORMATS.match(self.time):
-            raise InputError(f"--time: {self.time!r} is not a SLURM time limit; use MINUTES, HH:MM:SS or D-HH:MM:SS")
+            raise InputError("--time", f"{self.time!r} is not a SLURM time limit; use MINUTES, HH:MM:SS or D-HH:MM:SS")
         if self.mem is not None and not MEMORY_FORMAT.match(self.mem):
-            raise InputError(f"--mem: {self.mem!r} is not a SLURM memory size; use a number with an optional K, M, G or T suffix")
+            raise InputError("--mem", f"{self.mem!r} is not a SLURM memory size; use a number with an optional K, M, G or T suffix")
         for option, value in (("--partition", self.partition), ("--account", self.account), ("--job-name", self.job_name)):
             _check_directive_value(option, value)
         if self.extra_sbatch is not None:
@@ -90,10 +90,10 @@ class JobOptions:
         try:
             words = shlex.split(self.extra_sbatch)
         except ValueError as err:
-            raise InputError(f"--extra-sbatch: {self.extra_sbatch!r} cannot be split into options: {err}") from None
+            raise InputError("--extra-sbatch", f"{self.extra_sbatch!r} cannot be split into options: {err}") from None
         for word in words:
             if not word.startswith("-") or word.split("=")[0] in ("--wrap", "-J", "--job-name", "-o", "--output"):
-                raise InputError(f"--extra-sbatch: {word!r} is not allowed; give sbatch options like --qos=high "
+                raise InputError("--extra-sbatch", f"{word!r} is not allowed; give sbatch options like --qos=high "
                                  "(not --wrap, --job-name or --output, which dcsl sets)")
         return words
 
@@ -112,7 +112,7 @@ class JobOptions:
 def _check_directive_value(option: str, value: str | None) -> None:
     """InputError unless `value` can stand in an #SBATCH line: non-empty, one line, no double quote."""
     if value is not None and (not value.strip() or any(ord(c) < 32 for c in value) or '"' in value):
-        raise InputError(f"{option}: {value!r} is not allowed: it must be non-empty, on one line, without '\"'")
+        raise InputError(option, f"{value!r} is not allowed: it must be non-empty, on one line, without '\"'")
 
 
 def _directive_quote(option: str) -> str:
@@ -159,7 +159,7 @@ def submit(script: Path, options: JobOptions) -> str:
     sbatch = _tool("sbatch")
     result = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise InputError(f"sbatch: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+        raise InputError("sbatch", f"{(result.stderr or result.stdout).strip().splitlines()[-1]}")
     job_id = result.stdout.strip().split(";")[0]
     record = {"job_id": job_id, "script": str(script), "log": str(script.parent / f"slurm-{job_id}.out"),
               "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"), "options": asdict(options)}  # fmt: skip
@@ -199,7 +199,7 @@ def cancel(job_id: str) -> None:
     """Cancel the job (SLURM sends its batch script TERM; the sweep stops and marks its steps)."""
     result = subprocess.run([_tool("scancel"), job_id], capture_output=True, text=True)
     if result.returncode != 0:
-        raise InputError(f"scancel: {(result.stderr or result.stdout).strip()}")
+        raise InputError("scancel", f"{(result.stderr or result.stdout).strip()}")
 
 
 def partition_has_gpus(partition: str | None) -> bool | None:
@@ -222,5 +222,5 @@ def partition_has_gpus(partition: str | None) -> bool | None:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise InputError(f"{name}: not found on PATH; dcsl submit needs a SLURM client (sbatch, scontrol, scancel)")
+        raise InputError(name, "not found on PATH; dcsl submit needs a SLURM client (sbatch, scontrol, scancel)")
     return path

@@ -16,11 +16,11 @@ def read_parquet_runs(path: str | Path, *, loss_column: str | None = None) -> Ru
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"runs file: {str(path)!r} does not exist")
+        raise InputError("runs file", f"{str(path)!r} does not exist")
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"runs file: {path} is not a readable Parquet file ({err})") from None
+        raise InputError("runs file", f"{path} is not a readable Parquet file ({err})") from None
     return RunTable.from_columns(table.to_pydict(), source=str(path), loss_column=loss_column)
 
 
@@ -31,4 +31,4 @@ def read_runs(path: str | Path, *, loss_column: str | None = None) -> RunTable:
         return read_parquet_runs(path, loss_column=loss_column)
     if path.suffix.lower() == ".csv":
         return read_csv_runs(path, loss_column=loss_column)
-    raise InputError(f"runs file: {str(path)!r} has suffix {path.suffix!r}; use .csv or .parquet")
+    raise InputError("runs file", f"{str(path)!r} has suffix {path.suffix!r}; use .csv or .parquet")

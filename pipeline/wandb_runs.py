@@ -24,9 +24,9 @@ def parse_filters(text: str | None) -> dict | None:
     try:
         filters = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"--filters: {text!r} is not JSON: {err.msg}") from None
+        raise InputError("--filters", f"{text!r} is not JSON: {err.msg}") from None
     if not isinstance(filters, dict):
-        raise InputError(f"--filters: {text!r} must be a JSON object, e.g. '{{\"config.backend\": \"torch\"}}'")
+        raise InputError("--filters", f"{text!r} must be a JSON object, e.g. '{{\"config.backend\": \"torch\"}}'")
     return filters
 
 
@@ -45,7 +45,7 @@ def _lookup(run: Any, key: str) -> Any:
 def read_wandb_runs(project: str, filters: dict | None = None, keys: dict[str, str] | None = None, api: Any = None) -> RunTable:
     """The finished runs of `ENTITY/PROJECT` as a RunTable; runs missing a value are an error naming the run."""
     if project.count("/") != 1 or not all(project.split("/")):
-        raise InputError(f"--wandb: {project!r} must look like ENTITY/PROJECT")
+        raise InputError("--wandb", f"{project!r} must look like ENTITY/PROJECT")
     keys = {**DEFAULT_KEYS, **(keys or {})}
     if api is None:
         import wandb
@@ -54,16 +54,16 @@ def read_wandb_runs(project: str, filters: dict | None = None, keys: dict[str, s
     try:
         runs = [run for run in api.runs(project, filters=filters) if getattr(run, "state", "finished") == "finished"]
     except Exception as err:  # the W&B client raises its own error types for auth, network and unknown projects
-        raise InputError(f"--wandb: cannot read {project!r}: {err}") from err
+        raise InputError("--wandb", f"cannot read {project!r}: {err}") from err
     if not runs:
-        raise InputError(f"--wandb: {project!r} has no finished runs" + (f" matching {json.dumps(filters)}" if filters else ""))
+        raise InputError("--wandb", f"{project!r} has no finished runs" + (f" matching {json.dumps(filters)}" if filters else ""))
     columns: dict[str, list] = {"run": [], "params": [], "tokens": [], "unique_tokens": [], "loss": []}
     for run in runs:
         columns["run"].append(run.name)
         for column, key in keys.items():
             value = _lookup(run, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise InputError(f"--wandb: run {run.name!r} has no numeric {key!r} in its summary or config (for {column}); "
-                                 f"name the key with --wandb-key {column}=KEY")
+                raise InputError("--wandb", f"run {run.name!r} has no numeric {key!r} in its summary or config (for {column}); "
+                                            f"name the key with --wandb-key {column}=KEY")
             columns[column].append(value)
     return RunTable.from_columns(columns, source=f"wandb:{project}", row_label="W&B run", row_numbers=range(1, len(runs) + 1))

@@ -16,6 +16,7 @@ import numpy as np
 
 from scaling.errors import InputError
 from scaling.laws import PARAM_NAMES, BaseLaw, Law, optimal_params_for_data, optimality_ratio, predict_loss
+from scaling.objective import LOGGED
 
 SPAN = 14.0  # search log N within +-SPAN of log sqrt(C/6): N/D between e^-28 and e^28
 GRID = 16  # bracketing points per piece
@@ -35,7 +36,7 @@ class Allocation(NamedTuple):
 
 def samples_arrays(samples: np.ndarray) -> dict[str, np.ndarray]:
     """Bootstrap samples in log space (K, 7) as parameter arrays of shape (K, 1) for broadcasting."""
-    columns = [np.exp(samples[:, 0]), np.exp(samples[:, 1]), np.exp(samples[:, 2]), *samples[:, 3:].T]
+    columns = [np.exp(column) if j in LOGGED else column for j, column in enumerate(samples.T)]
     return {name: col[:, None] for name, col in zip(PARAM_NAMES, columns)}
 
 
@@ -124,7 +125,7 @@ def saturation_epochs(law: Law, params, unique_tokens, tolerance: float = 1e-3) 
     the smallest epoch count within `tolerance` of that limit, with the loss there and the limit.
     """
     if not tolerance > 0:
-        raise InputError(f"tolerance: {tolerance!r} must be > 0")
+        raise InputError("tolerance", f"{tolerance!r} must be > 0")
     p = law.full_params()
     n = np.asarray(params, dtype=float)
     unique = np.asarray(unique_tokens, dtype=float)

@@ -54,8 +54,8 @@ def extrapolation_check(table: RunTable, spec: FitSpec, threshold: float | None 
         threshold = float(np.quantile(flops, EXTRAPOLATION_QUANTILE))
     below = flops <= threshold
     if below.all() or not below.any():
-        raise InputError(f"extrapolation threshold: {threshold:g} FLOPs leaves no runs on one side "
-                         f"(runs span {flops.min():g} to {flops.max():g})")
+        raise InputError("extrapolation threshold", f"{threshold:g} FLOPs leaves no runs on one side "
+                                                   f"(runs span {flops.min():g} to {flops.max():g})")
     train, test = table.subset(below), table.subset(~below)
     result = fit(train, spec)
     predicted = result.law.predict(test.params, test.tokens, test.unique_tokens)

@@ -21,18 +21,20 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 from scipy.optimize import minimize
 
 from scaling.errors import InputError
-from scaling.laws import BaseLaw, DataConstrainedLaw, Law
-from scaling.objective import HUBER_DELTA, THETA_NAMES, FitData, objective
+from scaling.laws import PARAM_NAMES, BaseLaw, DataConstrainedLaw, Law, law_from_params, param_names
+from scaling.objective import ALPHA, BASE, BETA, HUBER_DELTA, R_STARS, RN_STAR, THETA_NAMES, FitData, objective
 from scaling.optimize import batched_lbfgs
 from scaling.runs import RunTable
 
 METHODS = ("base", "repetition", "joint", "two-stage")
-LAW_NAMES = ("E", "A", "B", "alpha", "beta", "rd_star", "rn_star")
+EVERY_PARAM = tuple(range(len(THETA_NAMES)))  # theta positions a stage may fit
+BASE_PARAMS = EVERY_PARAM[BASE]
 _LOG_OF = {"E": "e", "A": "a", "B": "b"}
 # The search box (log space for e, a, b). R_D*, R_N* default to (0, 20], the region the published
 # procedure searched: on the C4 runs the objective is a long flat valley with a second, 0.13% lower
@@ -48,6 +50,8 @@ BASE_GRID = {"e": [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5], "a": [0.0, 5.0, 10.0, 15.0, 
              "beta": [0.0, 0.5, 1.0, 1.5, 2.0]}
 JOINT_GRID = {"e": [-1.0, 0.0, 0.5, 1.0], "a": [0.0, 5.0, 10.0, 20.0], "b": [0.0, 5.0, 10.0, 20.0],
               "alpha": [0.2, 0.5, 1.0, 1.5], "beta": [0.2, 0.5, 1.0, 1.5]}
+# Values of the parameters a stage neither fits nor takes from a base law or a fixed value.
+PLACEHOLDERS = {"e": 0.0, "a": 0.0, "b": 0.0, "alpha": 0.5, "beta": 0.5, "rd_star": 1.0, "rn_star": 1.0}
 R_STAR_STARTS = {"repetition": 16, "joint": 2}  # per R*, log-spaced over the bounds (capped to [0.1, 1000])
 FINALISTS = 16  # starts that run to convergence after the halving rounds
 POLISHED = 4  # best finalists polished by scipy's L-BFGS-B
@@ -57,8 +61,8 @@ def theta_name(name: str) -> str:
     """Map a parameter name (E, A, B, e, a, b, alpha, beta, rd_star, rn_star) to its log-space name."""
     key = _LOG_OF.get(name, name)
     if key not in THETA_NAMES:
-        raise InputError(f"parameter: {name!r} is not a law parameter; choose one of {', '.join(LAW_NAMES)} "
-                         f"(or e, a, b for log E, log A, log B)")
+        raise InputError("parameter", f"{name!r} is not a law parameter; choose one of {', '.join(PARAM_NAMES)} "
+                                      f"(or e, a, b for log E, log A, log B)")
     return key
 
 
@@ -66,7 +70,7 @@ def _to_log(name: str, value: float, what: str) -> float:
     value = float(value)
     if name in _LOG_OF:
         if not value > 0:
-            raise InputError(f"{what}: {name} = {value:g} must be > 0")
+            raise InputError(what, f"{name} = {value:g} must be > 0")
         return math.log(value)
     return value
 
@@ -79,8 +83,8 @@ def fixed_to_theta(fixed: Mapping[str, float], lower: np.ndarray, upper: np.ndar
         logged = _to_log(name, value, "fix")
         j = THETA_NAMES.index(key)
         if not lower[j] <= logged <= upper[j]:
-            raise InputError(f"fix: {name} = {float(value):g} is outside its bounds "
-                             f"[{_show(name, lower[j])}, {_show(name, upper[j])}]")
+            raise InputError("fix", f"{name} = {float(value):g} is outside its bounds "
+                                    f"[{_show(name, lower[j])}, {_show(name, upper[j])}]")
         out[key] = logged
     return out
 
@@ -97,25 +101,22 @@ def resolve_bounds(bounds: Mapping[str, tuple[float, float]]) -> tuple[np.ndarra
         lo, hi = _to_log(name, lo, "bound"), _to_log(name, hi, "bound")
         hard_lo, hard_hi = HARD_LIMITS[key]
         if not (hard_lo <= lo < hi <= hard_hi) or (hard_lo == 0.0 and lo <= 0.0):
-            raise InputError(f"bound: {name} = {lo:g}:{hi:g} is not allowed; need low < high within "
-                             f"{'(' if hard_lo == 0.0 else '['}{hard_lo:g}, {hard_hi:g}] (log space for E, A, B)")
+            raise InputError("bound", f"{name} = {lo:g}:{hi:g} is not allowed; need low < high within "
+                                      f"{'(' if hard_lo == 0.0 else '['}{hard_lo:g}, {hard_hi:g}] (log space for E, A, B)")
         box[key] = (lo, hi)
     return np.array([box[n][0] for n in THETA_NAMES]), np.array([box[n][1] for n in THETA_NAMES])
 
 
 def law_to_theta(law: Law) -> np.ndarray:
     """Log-space parameter vector of a law (R* = 1 placeholders for a base law)."""
-    p = law.params()
-    return np.array([math.log(p["E"]), math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"],
-                     p.get("rd_star", 1.0), p.get("rn_star", 1.0)])
+    params = {"rd_star": 1.0, "rn_star": 1.0, **law.params()}
+    return np.array([_to_log(name, params[name], "law") for name in PARAM_NAMES])
 
 
 def theta_to_law(theta: np.ndarray, kind: str) -> Law:
     """The law object of a log-space parameter vector."""
-    e, a, b, alpha, beta, rd, rn = (float(v) for v in theta)
-    if kind == BaseLaw.name:
-        return BaseLaw(math.exp(e), math.exp(a), math.exp(b), alpha, beta)
-    return DataConstrainedLaw(math.exp(e), math.exp(a), math.exp(b), alpha, beta, rd, rn)
+    values = (float(v) for v in theta)
+    return law_from_params(kind, {name: math.exp(v) if name in _LOG_OF else v for name, v in zip(PARAM_NAMES, values)})
 
 
 @dataclass(frozen=True)
@@ -132,16 +133,25 @@ class FitSpec:
 
     def __post_init__(self):
         if self.law not in (BaseLaw.name, DataConstrainedLaw.name):
-            raise InputError(f"law: {self.law!r} is not a law; choose 'data-constrained' or 'base'")
+            raise InputError("law", f"{self.law!r} is not a law; choose 'data-constrained' or 'base'")
         if self.method not in METHODS:
-            raise InputError(f"method: {self.method!r} is not a fit method; choose one of {', '.join(METHODS)}")
+            raise InputError("method", f"{self.method!r} is not a fit method; choose one of {', '.join(METHODS)}")
         if (self.law == BaseLaw.name) != (self.method == "base"):
-            raise InputError(f"method: {self.method!r} does not fit the {self.law} law")
+            raise InputError("method", f"{self.method!r} does not fit the {self.law} law")
         if (self.method == "repetition") != (self.base is not None):
-            raise InputError("base: the repetition-only fit needs a fixed base law (a preset or a law.json), "
-                             "and only it takes one")
+            raise InputError("base", "the repetition-only fit needs a fixed base law (a preset or a law.json), "
+                                     "and only it takes one")
         if not self.delta > 0:
-            raise InputError(f"delta: {self.delta!r} must be > 0")
+            raise InputError("delta", f"{self.delta!r} must be > 0")
+
+    @classmethod
+    def resolve(cls, *, law: str = DataConstrainedLaw.name, base: BaseLaw | None = None, method: str | None = None,
+                fixed: Mapping[str, float] | None = None, bounds: Mapping[str, tuple[float, float]] | None = None,
+                tie_exponents: bool = False) -> FitSpec:
+        """The spec of a request; without a `method`: base (the base law), repetition (a fixed base) or two-stage."""
+        if method is None:
+            method = "base" if law == BaseLaw.name else "repetition" if base is not None else "two-stage"
+        return cls(law=law, method=method, base=base, fixed=fixed or {}, tie_exponents=tie_exponents, bounds=bounds or {})
 
     def box(self) -> tuple[np.ndarray, np.ndarray]:
         """The search box (lower, upper) in log space."""
@@ -194,55 +204,58 @@ class Stage:
 
 def _r_star_grid(lower: np.ndarray, upper: np.ndarray, count: int) -> dict[str, list[float]]:
     grid = {}
-    for j in (5, 6):
+    for j in R_STARS:
         lo, hi = max(lower[j], 0.1), min(upper[j], 1000.0)
         grid[THETA_NAMES[j]] = np.geomspace(lo, max(hi, lo), count).tolist()
     return grid
 
 
-def _stage(runs, repetition, candidates, theta, grid, spec: FitSpec, fixed, box) -> Stage:
+def _stage(*, runs: np.ndarray, repetition: bool, candidates: tuple[int, ...], theta: np.ndarray,
+           grid: Mapping[str, list[float]], fixed: Mapping[str, float], box: tuple[np.ndarray, np.ndarray],
+           tie_exponents: bool, runs_label: str = "runs") -> Stage:
+    """A stage moving the `candidates` that are not fixed (alpha and beta as one when tied), from `theta`."""
     theta = theta.copy()
     for name, value in fixed.items():
         theta[THETA_NAMES.index(name)] = value
-    free = [j for j in candidates if THETA_NAMES[j] not in fixed]
-    groups = [(j,) for j in free]
-    if spec.tie_exponents and 3 in candidates:
+    groups = [(j,) for j in candidates if THETA_NAMES[j] not in fixed]
+    if tie_exponents and ALPHA in candidates:
         if "alpha" in fixed or "beta" in fixed:
-            theta[3] = theta[4] = fixed.get("alpha", fixed.get("beta"))
-            groups = [g for g in groups if g[0] not in (3, 4)]
+            theta[ALPHA] = theta[BETA] = fixed.get("alpha", fixed.get("beta"))
+            groups = [g for g in groups if g[0] not in (ALPHA, BETA)]
         else:
-            groups = [g for g in groups if g[0] != 4]
-            groups[[g[0] for g in groups].index(3)] = (3, 4)
-    return Stage(np.asarray(runs, dtype=bool), repetition, tuple(groups), theta, *box, grid)
+            groups = [g for g in groups if g[0] != BETA]
+            groups[[g[0] for g in groups].index(ALPHA)] = (ALPHA, BETA)
+    lower, upper = box
+    return Stage(runs=np.asarray(runs, dtype=bool), repetition=repetition, groups=tuple(groups), theta=theta,
+                 lower=lower, upper=upper, grid=grid, runs_label=runs_label)
 
 
 def plan_stages(table: RunTable, spec: FitSpec) -> list[Stage]:
     """The minimisations a spec needs, in order (two for ``two-stage``, one otherwise)."""
     box = spec.box()
-    fixed = fixed_to_theta(spec.fixed, *box)
+    make = partial(_stage, fixed=fixed_to_theta(spec.fixed, *box), box=box, tie_exponents=spec.tie_exponents)
     everything = np.ones(len(table), dtype=bool)
-    blank = np.array([0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
-    base_only, repetition_only, all_seven = range(5), (5, 6), range(7)
+    placeholders = np.array([PLACEHOLDERS[name] for name in THETA_NAMES])
     r_grid = _r_star_grid(*box, R_STAR_STARTS["repetition"])
     if spec.method == "base":
-        stages = [_stage(everything, False, base_only, blank, BASE_GRID, spec, fixed, box)]
+        stages = [make(runs=everything, repetition=False, candidates=BASE_PARAMS, theta=placeholders, grid=BASE_GRID)]
     elif spec.method == "repetition":
-        stages = [_stage(everything, True, repetition_only, law_to_theta(spec.base), r_grid, spec, fixed, box)]
+        stages = [make(runs=everything, repetition=True, candidates=R_STARS, theta=law_to_theta(spec.base), grid=r_grid)]
     elif spec.method == "joint":
         grid = {**JOINT_GRID, **_r_star_grid(*box, R_STAR_STARTS["joint"])}
-        stages = [_stage(everything, True, all_seven, blank, grid, spec, fixed, box)]
+        stages = [make(runs=everything, repetition=True, candidates=EVERY_PARAM, theta=placeholders, grid=grid)]
     else:
         once = table.tokens <= table.unique_tokens
         grid = {**BASE_GRID, "rn_star": r_grid["rn_star"][::5]}
-        first = _stage(once, True, (*base_only, 6), blank, grid, spec, fixed, box)
-        stages = [replace(first, runs_label="runs that saw their data once (D <= U)"),
-                  _stage(everything, True, repetition_only, blank, r_grid, spec, fixed, box)]
+        stages = [make(runs=once, repetition=True, candidates=(*BASE_PARAMS, RN_STAR), theta=placeholders, grid=grid,
+                       runs_label="runs that saw their data once (D <= U)"),
+                  make(runs=everything, repetition=True, candidates=R_STARS, theta=placeholders, grid=r_grid)]
     hint = "; give a base (--base-preset / --base) or use --joint" if spec.method == "two-stage" else ""
     for stage in stages:
         n_runs = int(stage.runs.sum())
         if n_runs <= stage.size:
-            raise InputError(f"runs: {n_runs} {stage.runs_label} for {stage.size} free parameters; "
-                             f"need at least {stage.size + 1}{hint}")
+            raise InputError("runs", f"{n_runs} {stage.runs_label} for {stage.size} free parameters; "
+                                     f"need at least {stage.size + 1}{hint}")
     return stages
 
 
@@ -315,8 +328,7 @@ class FitResult:
     @property
     def fixed(self) -> tuple[str, ...]:
         """Parameters of the law that were not fitted."""
-        names = LAW_NAMES[: 5 if self.spec.law == BaseLaw.name else 7]
-        return tuple(n for n in names if theta_name(n) not in self.free)
+        return tuple(n for n in param_names(self.spec.law) if theta_name(n) not in self.free)
 
 
 def _on_bounds(stages: list[Stage], theta: np.ndarray) -> tuple[str, ...]:
@@ -326,7 +338,7 @@ def _on_bounds(stages: list[Stage], theta: np.ndarray) -> tuple[str, ...]:
             j = group[0]
             span = stage.upper[j] - stage.lower[j]
             if min(theta[j] - stage.lower[j], stage.upper[j] - theta[j]) <= 1e-6 * span:
-                hits.extend(LAW_NAMES[k] for k in group)
+                hits.extend(PARAM_NAMES[k] for k in group)
     return tuple(hits)
 
 
@@ -336,7 +348,9 @@ def fit(table: RunTable, spec: FitSpec = FitSpec()) -> FitResult:
     theta, starts, f = None, 0, math.nan
     for i, stage in enumerate(stages):
         if theta is not None:  # a later stage builds on the base law fitted before it
-            stages[i] = stage = replace(stage, theta=np.concatenate([theta[:5], stage.theta[5:]]))
+            carried = stage.theta.copy()
+            carried[BASE] = theta[BASE]
+            stages[i] = stage = replace(stage, theta=carried)
         data = FitData.from_table(table.subset(stage.runs))
         z, f, n_starts = minimise_stage(stage, data, spec.delta)
         theta = stage.expand(z[None, :])[0]

@@ -3,45 +3,67 @@
 Holds the law name, all parameters (linear, plus log E, A, B), which were fixed or tied, the
 search box and any parameter that ended on it, the objective, bootstrap intervals and samples,
 diagnostics, the number of runs and a hash of the input table. No timestamps: the same fit of the
-same table gives the same bytes.
+same table gives the same bytes. `fit_law_document` is the one way from a run table to that content
+(fit, bootstrap, diagnostics), for `dcsl fit` and the sweep's fit stage alike.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from scaling import dcsl_version
+from scaling.bootstrap import CONFIDENCE, bootstrap, parameter_intervals
+from scaling.diagnostics import describe_fit
 from scaling.errors import InputError
-from scaling.fit import LAW_NAMES, FitResult
-from scaling.laws import BASE_PARAM_NAMES, BaseLaw, Law, law_from_params
-from scaling.objective import THETA_NAMES
+from scaling.fit import FitResult, FitSpec, fit
+from scaling.laws import BASE_PARAM_NAMES, Law, law_from_params, param_names
+from scaling.objective import LOGGED, R_STARS, THETA_NAMES
 from scaling.runs import RunTable
 
 SCHEMA = "dcsl.law/1"
 
 
+def fit_law_document(table: RunTable, spec: FitSpec, *, resamples: int = 0, seed: int = 0,
+                     extrapolate_above: float | None = None, base_source: str | None = None,
+                     on_stage: Callable[[str], None] | None = None) -> tuple[FitResult, dict]:
+    """Fit `spec` to `table`, bootstrap it (`resamples`, `seed`) and diagnose it: the result and its law.json content.
+
+    `on_stage(text)` hears of each step as it starts (fitting, bootstrap, diagnostics).
+    """
+    report = on_stage or (lambda text: None)
+    report("fitting")
+    result = fit(table, spec)
+    samples = None
+    if resamples:
+        report(f"bootstrap: {resamples} resamples")
+        samples = bootstrap(table, result, resamples, seed)
+    report("diagnostics: extrapolation check")
+    diagnostics = describe_fit(result.law, table, spec, extrapolate_above)
+    return result, law_document(result, table, base_source=base_source, samples=samples, seed=seed,
+                                diagnostics=diagnostics)
+
+
 def law_document(result: FitResult, table: RunTable, *, base_source: str | None = None,
-                 samples: np.ndarray | None = None, seed: int | None = None,
-                 intervals: dict | None = None, confidence: float | None = None,
-                 diagnostics: dict | None = None) -> dict:
-    """The JSON-ready content of law.json for a fit of `table`."""
+                 samples: np.ndarray | None = None, seed: int = 0, diagnostics: dict | None = None) -> dict:
+    """The JSON-ready content of law.json for a fit of `table`; bootstrap `samples` (drawn with `seed`) give intervals."""
     kind = result.spec.law
-    names = BASE_PARAM_NAMES if kind == BaseLaw.name else LAW_NAMES
+    names = param_names(kind)
     lower, upper = result.spec.box()
     bounds = {}
     for j, name in enumerate(names):
         lo, hi = float(lower[j]), float(upper[j])
-        bounds[name] = [math.exp(lo), math.exp(hi)] if name in ("E", "A", "B") else [lo, hi]
+        bounds[name] = [math.exp(lo), math.exp(hi)] if j in LOGGED else [lo, hi]
     n_theta = len(names)
     doc = {
         "schema": SCHEMA,
         "law": kind,
         "params": result.law.params(),
-        "log_params": {"e": float(result.theta[0]), "a": float(result.theta[1]), "b": float(result.theta[2])},
+        "log_params": {THETA_NAMES[j]: float(result.theta[j]) for j in LOGGED},
         "method": result.spec.method,
         "base_source": base_source,
         "fixed": list(result.fixed),
@@ -49,7 +71,8 @@ def law_document(result: FitResult, table: RunTable, *, base_source: str | None 
         "bounds": bounds,
         "at_bounds": list(result.at_bounds),
         "objective": {"huber": result.objective, "delta": result.spec.delta, "starts": result.starts},
-        "intervals": None if intervals is None else {"confidence": confidence, "params": intervals},
+        "intervals": None if samples is None else {"confidence": CONFIDENCE,
+                                                   "params": parameter_intervals(samples, kind)},
         "bootstrap": None if samples is None else {
             "resamples": int(samples.shape[0]), "seed": seed, "columns": list(THETA_NAMES[:n_theta]),
             "samples": samples[:, :n_theta].tolist(),
@@ -71,22 +94,21 @@ def read_law(path: str | Path) -> tuple[Law, dict]:
     """Load a law.json: the law object and the whole document; InputError naming the problem otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"law file: {str(path)!r} does not exist")
+        raise InputError("law file", f"{str(path)!r} does not exist")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"law file: {path} is not valid JSON ({err})") from None
+        raise InputError("law file", f"{path} is not valid JSON ({err})") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise InputError(f"law file: {path} is not a dcsl law (expected \"schema\": \"{SCHEMA}\")")
+        raise InputError("law file", f"{path} is not a dcsl law (expected \"schema\": \"{SCHEMA}\")")
     params = document.get("params")
     kind = document.get("law")
-    needed = BASE_PARAM_NAMES if kind == BaseLaw.name else LAW_NAMES
     if not isinstance(params, dict):
-        raise InputError(f"law file: {path} has no \"params\" object")
-    for name in needed:
+        raise InputError("law file", f"{path} has no \"params\" object")
+    for name in param_names(kind):
         value = params.get(name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise InputError(f"law file: {path}: params.{name} = {value!r} must be a positive number")
+            raise InputError("law file", f"{path}: params.{name} = {value!r} must be a positive number")
     return law_from_params(kind, params), document
 
 
@@ -97,5 +119,5 @@ def bootstrap_samples(document: dict) -> np.ndarray | None:
         return None
     samples = np.asarray(block["samples"], dtype=float)
     if samples.shape[1] == len(BASE_PARAM_NAMES):
-        samples = np.column_stack([samples, np.full((len(samples), 2), np.inf)])
+        samples = np.column_stack([samples, np.full((len(samples), len(R_STARS)), np.inf)])
     return samples

@@ -25,8 +25,8 @@ import numpy as np
 
 from scaling.errors import InputError
 
-PARAM_NAMES = ("E", "A", "B", "alpha", "beta", "rd_star", "rn_star")
-BASE_PARAM_NAMES = PARAM_NAMES[:5]
+BASE_PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
+PARAM_NAMES = (*BASE_PARAM_NAMES, "rd_star", "rn_star")
 
 
 def optimality_ratio(A, B, alpha, beta):
@@ -150,13 +150,17 @@ def preset(name: str) -> Law:
     try:
         return PRESETS[name]
     except KeyError:
-        raise InputError(f"preset: {name!r} is not a preset; choose one of {', '.join(PRESETS)}") from None
+        raise InputError("preset", f"{name!r} is not a preset; choose one of {', '.join(PRESETS)}") from None
+
+
+def param_names(kind: str) -> tuple[str, ...]:
+    """The parameter names of a law of `kind`: five for the base law, seven for the data-constrained law."""
+    return BASE_PARAM_NAMES if kind == BaseLaw.name else PARAM_NAMES
 
 
 def law_from_params(kind: str, params: dict[str, float]) -> Law:
     """Build a law of `kind` ('base' or 'data-constrained') from a parameter mapping."""
     cls = {BaseLaw.name: BaseLaw, DataConstrainedLaw.name: DataConstrainedLaw}.get(kind)
     if cls is None:
-        raise InputError(f"law: {kind!r} is not a law; choose 'data-constrained' or 'base'")
-    names = BASE_PARAM_NAMES if cls is BaseLaw else PARAM_NAMES
-    return cls(**{name: float(params[name]) for name in names})
+        raise InputError("law", f"{kind!r} is not a law; choose 'data-constrained' or 'base'")
+    return cls(**{name: float(params[name]) for name in param_names(kind)})

@@ -18,6 +18,11 @@ import numpy as np
 from scaling.runs import RunTable
 
 THETA_NAMES = ("e", "a", "b", "alpha", "beta", "rd_star", "rn_star")
+LOG_E, LOG_A, LOG_B, ALPHA, BETA, RD_STAR, RN_STAR = range(len(THETA_NAMES))  # positions in theta
+BASE = slice(LOG_E, BETA + 1)  # the base law's five parameters
+R_STARS = (RD_STAR, RN_STAR)
+LOGGED = (LOG_E, LOG_A, LOG_B)  # held as logs: E = e^e, A = e^a, B = e^b
+_N_OPT_PARAMS = (LOG_A, LOG_B, ALPHA, BETA)  # what N_opt(U_D), hence N', depends on besides R_N*
 HUBER_DELTA = 1e-3
 
 
@@ -61,7 +66,7 @@ def log_effective(theta: np.ndarray, data: FitData):
 
     Returns log_n_eff, log_d_eff, d log N'/d(a, b, alpha, beta) (stacked), d log N'/d rn*, d log D'/d rd*.
     """
-    a, b, alpha, beta, rd, rn = (theta[:, j, None] for j in range(1, 7))
+    a, b, alpha, beta, rd, rn = (theta[:, j, None] for j in (*_N_OPT_PARAMS, *R_STARS))
     log_d_eff_worth, _, d_logd_rd = _saturation_terms(data.repeats, rd)
     log_d_eff = data.log_u + log_d_eff_worth
 
@@ -94,7 +99,7 @@ def objective(
     With `repetition=False` the base law is fitted (N' = N, D' = D; rd*, rn* get zero gradient).
     """
     theta = np.atleast_2d(theta)
-    e, a, b, alpha, beta = (theta[:, j, None] for j in range(5))
+    e, a, b, alpha, beta = (theta[:, j, None] for j in (LOG_E, LOG_A, LOG_B, ALPHA, BETA))
     if repetition:
         log_n_eff, log_d_eff, d_logn_base, d_logn_rn, d_logd_rd = log_effective(theta, data)
     else:
@@ -113,15 +118,15 @@ def objective(
     share_e = 1.0 - share_n - share_d
     g = w * slope
     grad = np.zeros_like(theta)
-    grad[:, 0] = (g * share_e).sum(axis=-1)
-    grad[:, 1] = (g * share_n).sum(axis=-1)
-    grad[:, 2] = (g * share_d).sum(axis=-1)
-    grad[:, 3] = -(g * share_n * log_n_eff).sum(axis=-1)
-    grad[:, 4] = -(g * share_d * log_d_eff).sum(axis=-1)
+    grad[:, LOG_E] = (g * share_e).sum(axis=-1)
+    grad[:, LOG_A] = (g * share_n).sum(axis=-1)
+    grad[:, LOG_B] = (g * share_d).sum(axis=-1)
+    grad[:, ALPHA] = -(g * share_n * log_n_eff).sum(axis=-1)
+    grad[:, BETA] = -(g * share_d * log_d_eff).sum(axis=-1)
     if repetition:
         through_n = g * share_n * -alpha  # d f / d log N'
-        for j, d in enumerate(d_logn_base, start=1):
+        for j, d in zip(_N_OPT_PARAMS, d_logn_base):
             grad[:, j] += (through_n * d).sum(axis=-1)
-        grad[:, 5] = (g * share_d * -beta * d_logd_rd).sum(axis=-1)
-        grad[:, 6] = (through_n * d_logn_rn).sum(axis=-1)
+        grad[:, RD_STAR] = (g * share_d * -beta * d_logd_rd).sum(axis=-1)
+        grad[:, RN_STAR] = (through_n * d_logn_rn).sum(axis=-1)
     return f, grad

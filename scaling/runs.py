@@ -82,11 +82,11 @@ class RunTable:
         available = list(columns)
         for name in REQUIRED_COLUMNS:
             if name not in columns:
-                raise InputError(f"{source}: missing column {name!r} (columns: {', '.join(available)})")
+                raise InputError(source, f"missing column {name!r} (columns: {', '.join(available)})")
         loss_name = _pick_loss_column(columns, loss_column, source)
         n_rows = len(columns["params"])
         if n_rows == 0:
-            raise InputError(f"{source}: no runs (the table is empty)")
+            raise InputError(source, "no runs (the table is empty)")
 
         numbers = list(row_numbers) if row_numbers is not None else list(range(1, n_rows + 1))
 
@@ -106,7 +106,7 @@ class RunTable:
         if over.size:
             i = int(over[0])
             raise InputError(
-                f"{where(i)}: unique_tokens = {numeric['unique_tokens'][i]:g} exceeds tokens = "
+                where(i), f"unique_tokens = {numeric['unique_tokens'][i]:g} exceeds tokens = "
                 f"{numeric['tokens'][i]:g}; a run cannot see more unique tokens than it trains on"
             )
         names = tuple(str(v) for v in columns["run"]) if "run" in columns else tuple(
@@ -120,13 +120,13 @@ class RunTable:
 def _pick_loss_column(columns: Mapping[str, Sequence], requested: str | None, source: str) -> str:
     if requested is not None:
         if requested not in columns:
-            raise InputError(f"{source}: missing loss column {requested!r} (columns: {', '.join(columns)})")
+            raise InputError(source, f"missing loss column {requested!r} (columns: {', '.join(columns)})")
         return requested
     for name in LOSS_COLUMNS:
         if name in columns:
             return name
     raise InputError(
-        f"{source}: missing loss column: expected 'val_loss' or 'loss' (or name one with --loss-column); "
+        source, f"missing loss column: expected 'val_loss' or 'loss' (or name one with --loss-column); "
         f"columns: {', '.join(columns)}"
     )
 
@@ -137,11 +137,11 @@ def _positive_column(values: Sequence, name: str, where) -> np.ndarray:
         try:
             value = float(raw)
         except (TypeError, ValueError):
-            raise InputError(f"{where(i)}: {name} = {raw!r} is not a number") from None
+            raise InputError(where(i), f"{name} = {raw!r} is not a number") from None
         if not math.isfinite(value):
-            raise InputError(f"{where(i)}: {name} = {raw!r} is not finite")
+            raise InputError(where(i), f"{name} = {raw!r} is not finite")
         if value <= 0:
-            raise InputError(f"{where(i)}: {name} = {raw!r} must be > 0")
+            raise InputError(where(i), f"{name} = {raw!r} must be > 0")
         out[i] = value
     return out
 
@@ -163,17 +163,17 @@ def read_csv_runs(path: str | Path, *, loss_column: str | None = None) -> RunTab
     """Load a run table from CSV (header row; numbers as plain floats); rows are named by file line."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"runs file: {str(path)!r} does not exist")
+        raise InputError("runs file", f"{str(path)!r} does not exist")
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header:
-            raise InputError(f"{path}: empty file (expected a header row with params, tokens, ...)")
+            raise InputError(str(path), "empty file (expected a header row with params, tokens, ...)")
         header = [h.strip() for h in header]
         numbered = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     for line, row in numbered:
         if len(row) != len(header):
-            raise InputError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+            raise InputError(f"{path} line {line}", f"{len(row)} fields, the header has {len(header)}")
     columns = {name: [row[j].strip() for _, row in numbered] for j, name in enumerate(header)}
     return RunTable.from_columns(
         columns, source=str(path), loss_column=loss_column, row_label="line",

@@ -19,12 +19,11 @@ def parse_quantity(text: str | float | int, field: str) -> float:
         match = _PATTERN.match(str(text))
         if match is None:
             raise InputError(
-                f"{field}: {text!r} is not a quantity; use a number like 1e22, 25e9, 25B or 1.5T "
-                f"(suffixes K, M, B, T, P)"
+                field, f"{text!r} is not a quantity; use a number like 1e22, 25e9, 25B or 1.5T (suffixes K, M, B, T, P)"
             )
         value = float(match.group(1)) * _SUFFIXES.get(match.group(2).upper(), 1.0)
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{field}: {text!r} must be a positive finite number")
+        raise InputError(field, f"{text!r} must be a positive finite number")
     return value
 
 

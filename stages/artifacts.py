@@ -1,8 +1,14 @@
-"""Content-addressed artifact directories: a hash of what made them, and atomic writes.
+"""Content-addressed artifact directories: the one hash that names them, the one mark that finishes them.
 
-An artifact lives at `<store>/<stage>/<name>-<hash>`. It is built in a temporary sibling
-directory, a `SUCCESS` file is written last, and the directory is renamed into place, so a
-reader sees either nothing or a finished artifact; a failure removes the temporary directory.
+An artifact lives at `<store>/<stage>/<name>-<hash>`. `step_hash` is the only function that
+computes such a hash: the pipeline's steps (`pipeline.step.Step.hash`) and the stages that name
+their own output (`stages.train.run_digest`, `stages.tokenize`) all hash their payload with it.
+An artifact is finished when its `SUCCESS` file exists, and `mark_success` is the only writer of
+that file, whoever finishes the artifact: `atomic_directory`, the train launcher or the store.
+
+`atomic_directory` builds an artifact in a temporary sibling directory, marks it finished last,
+and renames it into place, so a reader sees either nothing or a finished artifact; a failure
+removes the temporary directory.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from scaling.atomic import write_text_atomic
+
 SUCCESS = "SUCCESS"
 HASH_LENGTH = 16
 
 
-def config_hash(value: Any) -> str:
-    """A short, stable hex digest of a JSON-serialisable value (keys sorted)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+def step_hash(payload: Any) -> str:
+    """A short (16 hex digits), stable digest of a JSON-serialisable payload, keys sorted: an artifact's hash."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:HASH_LENGTH]
 
 
@@ -35,6 +43,11 @@ def artifact_dir(store: Path, stage: str, name: str, digest: str) -> Path:
 def is_complete(path: Path) -> bool:
     """Whether the artifact at `path` was finished (its SUCCESS file exists)."""
     return (Path(path) / SUCCESS).is_file()
+
+
+def mark_success(directory: Path) -> None:
+    """Mark the artifact at `directory` finished: its empty `SUCCESS` file, written atomically and fsynced."""
+    write_text_atomic(Path(directory) / SUCCESS, "")
 
 
 @contextmanager
@@ -49,7 +62,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield work
-        (work / SUCCESS).write_text("")
+        mark_success(work)
         if final.exists() and not is_complete(final):
             shutil.rmtree(final)  # debris of an interrupted older layout; never a finished artifact
         try:

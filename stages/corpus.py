@@ -50,13 +50,13 @@ class CorpusConfig(BaseModel):
     @model_validator(mode="after")
     def _source_fields(self) -> CorpusConfig:
         if self.source == "local" and not self.path:
-            raise ValueError("path: is required when source is 'local' (a file or folder of text, JSON lines or Parquet)")
+            raise InputError("path", "is required when source is 'local' (a file or folder of text, JSON lines or Parquet)")
         if self.source == "hub" and not self.name:
-            raise ValueError("name: is required when source is 'hub' (a dataset name such as allenai/c4)")
+            raise InputError("name", "is required when source is 'hub' (a dataset name such as allenai/c4)")
         if self.source != "local" and self.path:
-            raise ValueError(f"path: {self.path!r} is only used when source is 'local' (source is {self.source!r})")
+            raise InputError("path", f"{self.path!r} is only used when source is 'local' (source is {self.source!r})")
         if self.source != "hub" and self.name:
-            raise ValueError(f"name: {self.name!r} is only used when source is 'hub' (source is {self.source!r})")
+            raise InputError("name", f"{self.name!r} is only used when source is 'hub' (source is {self.source!r})")
         return self
 
 
@@ -80,18 +80,17 @@ def local_files(config: CorpusConfig) -> tuple[str, list[Path]]:
     """The format and the sorted files of a local corpus; InputError if missing or ambiguous."""
     root = Path(config.path or "")
     if not root.exists():
-        raise InputError(f"corpus.path: {config.path!r} does not exist")
+        raise InputError("corpus.path", f"{config.path!r} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and _file_format(p))
     if not files:
-        raise InputError(f"corpus.path: {config.path!r} holds no .txt, .jsonl, .json or .parquet files")
+        raise InputError("corpus.path", f"{config.path!r} holds no .txt, .jsonl, .json or .parquet files")
     if not any(p.stat().st_size for p in files):
-        raise InputError(f"corpus: {config.path!r} is empty (no documents)")
+        raise InputError("corpus", f"{config.path!r} is empty (no documents)")
     if config.format != "auto":
         return config.format, files
     formats = {_file_format(p) for p in files}
     if len(formats) != 1 or None in formats:
-        raise InputError(
-            f"corpus.format: 'auto' cannot tell the format of {config.path!r} (found {sorted(map(str, formats))}); "
+        raise InputError("corpus.format", f"'auto' cannot tell the format of {config.path!r} (found {sorted(map(str, formats))}); "
             f"set format to text, json or parquet"
         )
     return formats.pop(), files
@@ -141,7 +140,7 @@ def load_corpus(config: CorpusConfig, cache_dir: Path) -> datasets.Dataset:
                 fmt, data_files=[str(p) for p in files], split="train", cache_dir=str(cache_dir), **options
             )
         except (ValueError, datasets.exceptions.DatasetGenerationError) as err:
-            raise InputError(f"corpus.path: cannot read {config.path!r} as {fmt}: {_root_cause(err)}") from err
+            raise InputError("corpus.path", f"cannot read {config.path!r} as {fmt}: {_root_cause(err)}") from err
         return _text_column(dataset, "text" if fmt == "text" else config.text_field, config)
     dataset = datasets.load_dataset(config.name, config.subset, split=config.split, revision=config.revision)
     return _text_column(dataset, config.text_field, config)
@@ -155,19 +154,18 @@ def _root_cause(err: BaseException) -> str:
 
 def _text_column(dataset: datasets.Dataset, field: str, config: CorpusConfig) -> datasets.Dataset:
     if field not in dataset.column_names:
-        raise InputError(
-            f"corpus.text_field: {config.text_field!r} is not a column of the corpus; its columns are {dataset.column_names}"
+        raise InputError("corpus.text_field", f"{config.text_field!r} is not a column of the corpus; its columns are {dataset.column_names}"
         )
     dtype = getattr(dataset.features[field], "dtype", None)
     if dtype not in ("string", "large_string"):
-        raise InputError(f"corpus.text_field: column {field!r} holds {dataset.features[field]}, not text")
+        raise InputError("corpus.text_field", f"column {field!r} holds {dataset.features[field]}, not text")
     dataset = dataset.select_columns([field])
     if field != "text":
         dataset = dataset.rename_column(field, "text")
     if config.max_documents is not None and len(dataset) > config.max_documents:
         dataset = dataset.select(range(config.max_documents))
     if len(dataset) == 0:
-        raise InputError(f"corpus: {_describe(config)} holds no documents")
+        raise InputError("corpus", f"{_describe(config)} holds no documents")
     return dataset
 
 

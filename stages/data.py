@@ -24,7 +24,7 @@ class TokenData:
     def __init__(self, path: Path):
         self.path = Path(path)
         if not is_complete(self.path):
-            raise InputError(f"tokens: {str(self.path)!r} is not a finished tokenize artifact (no SUCCESS file)")
+            raise InputError("tokens", f"{str(self.path)!r} is not a finished tokenize artifact (no SUCCESS file)")
         self.manifest: dict = json.loads((self.path / "manifest.json").read_text())
 
     @cached_property
@@ -64,10 +64,9 @@ class TokenData:
     def budget(self, unique_tokens: int) -> np.ndarray:
         """The first `unique_tokens` tokens of the training region; InputError if the corpus is too small."""
         if unique_tokens != int(unique_tokens) or unique_tokens < 1:
-            raise InputError(f"unique_tokens: {unique_tokens!r} must be a positive whole number of tokens")
+            raise InputError("unique_tokens", f"{unique_tokens!r} must be a positive whole number of tokens")
         if unique_tokens > self.train_tokens:
-            raise InputError(
-                f"unique_tokens: {int(unique_tokens)} exceeds the {self.train_tokens} training tokens of "
+            raise InputError("unique_tokens", f"{int(unique_tokens)} exceeds the {self.train_tokens} training tokens of "
                 f"{self.manifest['name']} ({self.path}); use at most {self.train_tokens}"
             )
         start = self.manifest["train"]["start"]

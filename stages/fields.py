@@ -14,7 +14,7 @@ def _whole_count(value: Any, info: ValidationInfo) -> int:
     field = info.field_name or "value"
     number = parse_quantity(value, field)
     if number != int(number):
-        raise InputError(f"{field}: {value!r} is not a whole number of tokens or characters")
+        raise InputError(field, f"{value!r} is not a whole number of tokens or characters")
     return int(number)
 
 

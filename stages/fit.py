@@ -11,41 +11,39 @@ import io
 from pathlib import Path
 
 from scaling.atomic import write_text_atomic
-from scaling.bootstrap import CONFIDENCE, bootstrap, parameter_intervals
-from scaling.diagnostics import describe_fit
 from scaling.errors import InputError
-from scaling.fit import FitSpec, fit
-from scaling.lawfile import dumps, law_document
+from scaling.fit import FitSpec
+from scaling.lawfile import dumps, fit_law_document
 from scaling.runs import RunTable
+from stages.record import RunRecord
 
 LAW = "law.json"
 RUNS = "runs.csv"
-PARAM_COLUMNS = {"non_embedding": "params_non_embedding", "total": "params"}
 
 
-def run_table(records: list[dict], params_kind: str = "non_embedding") -> RunTable:
+def run_table(records: list[RunRecord], params_kind: str = "non_embedding") -> RunTable:
     """The fit's table of runs (params, tokens, unique_tokens, val_loss), one row per run record.
 
     A run that trains on fewer tokens than its budget (one epoch rounded down to whole steps) saw
     only D unique tokens, so its U is min(U, D).
     """
     if not records:
-        raise InputError("runs: no finished runs to fit")
-    ordered = sorted(records, key=lambda record: record["name"])
-    column = PARAM_COLUMNS[params_kind]
+        raise InputError("runs", "no finished runs to fit")
+    ordered = sorted(records, key=lambda record: record.name)
     columns = {
-        "run": [record["name"] for record in ordered],
-        "params": [record[column] for record in ordered],
-        "tokens": [record["tokens"] for record in ordered],
-        "unique_tokens": [min(record["unique_tokens"], record["tokens"]) for record in ordered],
-        "val_loss": [record["val_loss"] for record in ordered],
+        "run": [record.name for record in ordered],
+        "params": [record.params_for(params_kind) for record in ordered],
+        "tokens": [record.tokens for record in ordered],
+        "unique_tokens": [min(record.unique_tokens, record.tokens) for record in ordered],
+        "val_loss": [record.val_loss for record in ordered],
     }
     return RunTable.from_columns(columns, source="run records", row_label="run", row_numbers=range(1, len(ordered) + 1))
 
 
-def runs_csv(records: list[dict]) -> str:
+def runs_csv(records: list[RunRecord]) -> str:
     """The run records as CSV text with the columns `dcsl fit` reads first (nested fields left out)."""
-    flat = [{key: value for key, value in record.items() if not isinstance(value, (dict, list))} for record in records]
+    flat = [{key: value for key, value in record.model_dump(mode="json").items() if not isinstance(value, (dict, list))}
+            for record in records]
     names = list(dict.fromkeys(["name", "params", "params_non_embedding", "tokens", "unique_tokens", "epochs", "val_loss",
                                 *(key for record in flat for key in record)]))
     buffer = io.StringIO()
@@ -55,19 +53,10 @@ def runs_csv(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def fit_runs(records: list[dict], spec: FitSpec, out_dir: Path, *, params_kind: str = "non_embedding",
+def fit_runs(records: list[RunRecord], spec: FitSpec, out_dir: Path, *, params_kind: str = "non_embedding",
              resamples: int = 0, seed: int = 0) -> dict:
     """Fit the law to the runs, write `law.json` and `runs.csv` into `out_dir`, return the law document."""
-    table = run_table(records, params_kind)
-    result = fit(table, spec)
-    samples = bootstrap(table, result, resamples, seed) if resamples else None
-    document = law_document(
-        result, table,
-        samples=samples, seed=seed if samples is not None else None,
-        intervals=parameter_intervals(samples, spec.law) if samples is not None else None,
-        confidence=CONFIDENCE if samples is not None else None,
-        diagnostics=describe_fit(result.law, table, spec),
-    )  # fmt: skip
+    _, document = fit_law_document(run_table(records, params_kind), spec, resamples=resamples, seed=seed)
     document["params_kind"] = params_kind
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 from scaling.errors import InputError
-from stages.artifacts import SUCCESS, artifact_dir, is_complete
+from stages.artifacts import artifact_dir, is_complete, mark_success
 from stages.checkpoint import STATE, latest
 from stages.data import TokenData
 from stages.distributed import free_port
 from stages.metrics import METRICS
 from stages.run_config import RunConfig
-from stages.train import FAILED, RECORD, Progress, RunDiverged, run_hash, train_loop, write_run_config
+from stages.record import RECORD
+from stages.train import FAILED, Progress, RunDiverged, run_hash, train_loop, write_run_config
 
 STAGE = "train"
 WORKER_LOG = "workers.log"
@@ -38,18 +39,12 @@ def run_path(config: RunConfig, data_path: Path, store: Path) -> Path:
     return artifact_dir(store, STAGE, config.name, run_hash(config, TokenData(data_path)))
 
 
-def read_record(run_dir: Path) -> dict:
-    """The run record of a finished run."""
-    return json.loads((Path(run_dir) / RECORD).read_text())
-
-
 def check_fits_data(config: RunConfig, data: TokenData) -> None:
     """InputError unless the corpus holds the run's U unique tokens and a validation window of seq_len + 1."""
     data.budget(config.unique_tokens)
     validation = min(data.manifest["validation"]["tokens"], config.eval_tokens or data.manifest["validation"]["tokens"])
     if validation <= config.seq_len:
-        raise InputError(
-            f"seq_len: {config.seq_len} is not shorter than the {validation} validation tokens of {data.manifest['name']}; "
+        raise InputError("seq_len", f"{config.seq_len} is not shorter than the {validation} validation tokens of {data.manifest['name']}; "
             f"raise data.validation_tokens or lower seq_len"
         )
 
@@ -60,8 +55,7 @@ def check_resumable(config: RunConfig, run_dir: Path, world: int) -> None:
     if found is not None:
         written_by = json.loads((found / STATE).read_text())["world"]
         if written_by != world:
-            raise InputError(
-                f"processes: the run resumes from {found}, written by {written_by} rank(s); resume it with "
+            raise InputError("processes", f"the run resumes from {found}, written by {written_by} rank(s); resume it with "
                 f"{written_by} (this run has {world}), or delete {found.parent} to start over"
             )
 
@@ -80,7 +74,7 @@ def finish(run_dir: Path) -> Path:
     """Mark a run whose ranks all returned as done: its `SUCCESS` file, written last."""
     if not (Path(run_dir) / RECORD).exists():
         raise WorkersFailed(f"{run_dir} has no {RECORD}: its ranks returned without finishing")
-    (Path(run_dir) / SUCCESS).write_text("")
+    mark_success(run_dir)
     return Path(run_dir)
 
 

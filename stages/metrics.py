@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from scaling.atomic import write_text_atomic
+
 from stages.run_config import WandbConfig
 
 METRICS = "metrics.jsonl"
@@ -47,9 +49,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines(keepends=True) if _step(line) <= (resume_step or 0)]
-            temporary = self.path.with_name(f".{METRICS}.tmp")
-            temporary.write_text("".join(kept) if resume_step is not None else "")
-            temporary.replace(self.path)
+            write_text_atomic(self.path, "".join(kept) if resume_step is not None else "")
         self.handle = open(self.path, "a")
 
     def write(self, record: dict) -> None:

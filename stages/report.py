@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from scaling.allocate import allocate, repetition_blind_allocation
-from scaling.atomic import write_text_atomic
+from scaling.atomic import write_atomic, write_text_atomic
 from scaling.lawfile import read_law
 from scaling.units import format_quantity
+from stages.record import RunFailure, RunRecord
 
 ALLOCATION = "allocation.csv"
 REPORT = "report.md"
@@ -24,9 +25,9 @@ PLOTS = {"fit": "observed_vs_predicted.png", "epochs": "loss_vs_epochs.png", "fr
 COMPUTE_POINTS = 9
 
 
-def compute_grid(records: list[dict], points: int = COMPUTE_POINTS) -> np.ndarray:
+def compute_grid(records: list[RunRecord], points: int = COMPUTE_POINTS) -> np.ndarray:
     """Compute budgets from the sweep's smallest run to 100x its largest, log-spaced."""
-    flops = [record["flops"] for record in records]
+    flops = [record.flops for record in records]
     return np.geomspace(min(flops), 100 * max(flops), points)
 
 
@@ -56,16 +57,14 @@ def _csv(rows: list[dict]) -> str:
 
 
 def _save(figure, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=120, bbox_inches="tight")
-    temporary.replace(path)
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
 
 
-def _plot_fit(plt, law, records: list[dict], params_key: str, path: Path) -> None:
-    observed = np.array([r["val_loss"] for r in records])
-    predicted = np.array([law.predict(r[params_key], r["tokens"], r["unique_tokens"]) for r in records]).ravel()
+def _plot_fit(plt, law, records: list[RunRecord], params_kind: str, path: Path) -> None:
+    observed = np.array([r.val_loss for r in records])
+    predicted = np.array([law.predict(r.params_for(params_kind), r.tokens, r.unique_tokens) for r in records]).ravel()
     figure, axes = plt.subplots(figsize=(5, 5))
-    axes.scatter(predicted, observed, c=np.log10([r["epochs"] for r in records]), cmap="viridis", s=20)
+    axes.scatter(predicted, observed, c=np.log10([r.epochs for r in records]), cmap="viridis", s=20)
     low, high = min(observed.min(), predicted.min()), max(observed.max(), predicted.max())
     axes.plot([low, high], [low, high], color="grey", linewidth=1)
     axes.set(xlabel="predicted loss", ylabel="observed validation loss", title="fit (colour: log10 epochs)")
@@ -73,21 +72,21 @@ def _plot_fit(plt, law, records: list[dict], params_key: str, path: Path) -> Non
     plt.close(figure)
 
 
-def _plot_epochs(plt, law, records: list[dict], params_key: str, path: Path) -> None:
+def _plot_epochs(plt, law, records: list[RunRecord], params_kind: str, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
-    budgets = sorted({r["unique_tokens"] for r in records})
+    budgets = sorted({r.unique_tokens for r in records})
     figure, panels = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 4), squeeze=False, sharey=True)
-    top = max(r["epochs"] for r in records) * 2  # every panel shows the law out to the same repetition
+    top = max(r.epochs for r in records) * 2  # every panel shows the law out to the same repetition
     ticks = [2.0**k for k in range(int(np.log2(top)) + 1)]
     for axes, unique in zip(panels[0], budgets):
-        runs = [r for r in records if r["unique_tokens"] == unique]
-        sizes = sorted({r[params_key] for r in runs})
+        runs = [r for r in records if r.unique_tokens == unique]
+        sizes = sorted({r.params_for(params_kind) for r in runs})
         colours = plt.cm.plasma(np.linspace(0, 0.85, len(sizes)))
-        epochs = np.geomspace(min(r["epochs"] for r in runs), top, 100)
+        epochs = np.geomspace(min(r.epochs for r in runs), top, 100)
         for size, colour in zip(sizes, colours):
-            mine = [r for r in runs if r[params_key] == size]
-            axes.scatter([r["epochs"] for r in mine], [r["val_loss"] for r in mine], color=colour, s=18)
+            mine = [r for r in runs if r.params_for(params_kind) == size]
+            axes.scatter([r.epochs for r in mine], [r.val_loss for r in mine], color=colour, s=18)
             axes.plot(epochs, law.predict(size, epochs * unique, unique), color=colour, linewidth=1,
                       label=f"N={format_quantity(size, 3)}")
         axes.set(xscale="log", xlabel="epochs", title=f"U = {format_quantity(unique, 3)} tokens")
@@ -118,7 +117,7 @@ def _plot_frontier(plt, rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(law_path: Path, records: list[dict], failed: list[dict], out_dir: Path) -> Path:
+def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailure], out_dir: Path) -> Path:
     """Write the allocation table, the plots and report.md next to each other; return report.md."""
     import matplotlib
 
@@ -126,25 +125,25 @@ def write_report(law_path: Path, records: list[dict], failed: list[dict], out_di
     from matplotlib import pyplot as plt
 
     law, document = read_law(law_path)
-    params_key = "params" if document.get("params_kind") == "total" else "params_non_embedding"
+    params_kind = document.get("params_kind", "non_embedding")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = allocation_rows(law, compute_grid(records), sorted({r["unique_tokens"] for r in records}))
+    rows = allocation_rows(law, compute_grid(records), sorted({r.unique_tokens for r in records}))
     write_text_atomic(out_dir / ALLOCATION, _csv(rows))
-    _plot_fit(plt, law, records, params_key, out_dir / PLOTS["fit"])
-    _plot_epochs(plt, law, records, params_key, out_dir / PLOTS["epochs"])
+    _plot_fit(plt, law, records, params_kind, out_dir / PLOTS["fit"])
+    _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
     write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows))
     return out_dir / REPORT
 
 
-def _markdown(law, document: dict, records: list[dict], failed: list[dict], rows: list[dict]) -> str:
+def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFailure], rows: list[dict]) -> str:
     bounds = document.get("intervals") or {}
     intervals = bounds.get("params", {})
     lines = [
         "# Sweep report", "",
         f"{len(records)} runs fitted" + (f"; {len(failed)} failed and were left out: "
-                                         + ", ".join(f"{f['name']} ({f['reason']})" for f in failed) if failed else "") + ".",
+                                         + ", ".join(f"{f.name} ({f.reason})" for f in failed) if failed else "") + ".",
         "", "## Fitted law", "",
         f"| parameter | value | {bounds['confidence']:.0%} bootstrap interval |" if bounds else "| parameter | value | interval |",
         "| --- | --- | --- |",

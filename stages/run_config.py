@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scaling.errors import InputError
 from stages.fields import Count
-from stages.model import ModelConfig
+from stages.shapes import ModelConfig
 from stages.schedule import Schedule
 
 # Fields that change how a run is carried out, not what it computes: kept out of the run's hash.
@@ -78,34 +79,31 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.seq_len >= self.unique_tokens:
-            raise ValueError(
-                f"seq_len: {self.seq_len} is not shorter than unique_tokens {self.unique_tokens}; a sequence needs seq_len + 1 unique tokens"
+            raise InputError("seq_len", f"{self.seq_len} is not shorter than unique_tokens {self.unique_tokens}; a sequence needs seq_len + 1 unique tokens"
             )
         if self.tokens % self.seq_len:
-            raise ValueError(f"tokens: {self.tokens} is not a multiple of seq_len {self.seq_len}")
+            raise InputError("tokens", f"{self.tokens} is not a multiple of seq_len {self.seq_len}")
         if self.batch_tokens % self.seq_len:
-            raise ValueError(f"batch_tokens: {self.batch_tokens} is not a multiple of seq_len {self.seq_len}")
+            raise InputError("batch_tokens", f"{self.batch_tokens} is not a multiple of seq_len {self.seq_len}")
         if self.tokens % self.batch_tokens:
             steps = self.tokens // self.batch_tokens
             nearest = sorted({max(1, steps), steps + 1})
-            raise ValueError(
-                f"tokens: {self.tokens} is not a whole number of steps of batch_tokens {self.batch_tokens}; "
+            raise InputError("tokens", f"{self.tokens} is not a whole number of steps of batch_tokens {self.batch_tokens}; "
                 f"use e.g. {' or '.join(str(n * self.batch_tokens) for n in nearest)}"
             )
         self.check_world(self.processes)
         if self.eval_tokens is not None and self.eval_tokens <= self.seq_len:
-            raise ValueError(f"eval_tokens: {self.eval_tokens} must exceed seq_len {self.seq_len}")
+            raise InputError("eval_tokens", f"{self.eval_tokens} must exceed seq_len {self.seq_len}")
         if self.backend == "deepspeed" and self.compile:
-            raise ValueError("compile: true is only supported with backend torch")
+            raise InputError("compile", "true is only supported with backend torch")
         return self
 
     def check_world(self, world: int) -> None:
         """ValueError unless a step's sequences split evenly into `world` ranks of whole micro-batches."""
         if self.batch_size % world:
-            raise ValueError(f"batch_tokens: {self.batch_size} sequences per step do not split evenly over {world} ranks")
+            raise InputError("batch_tokens", f"{self.batch_size} sequences per step do not split evenly over {world} ranks")
         if self.micro_batch_size is not None and (self.batch_size // world) % self.micro_batch_size:
-            raise ValueError(
-                f"micro_batch_size: {self.micro_batch_size} does not divide the {self.batch_size // world} sequences "
+            raise InputError("micro_batch_size", f"{self.micro_batch_size} does not divide the {self.batch_size // world} sequences "
                 f"each of {world} ranks gets per step"
             )
 

@@ -31,13 +31,12 @@ class SequenceSampler:
 
     def __init__(self, region: np.ndarray, seq_len: int, batch_size: int, total_tokens: int, seed: int):
         if seq_len < 1 or batch_size < 1:
-            raise InputError(f"seq_len, batch_size: {seq_len}, {batch_size} must both be at least 1")
+            raise InputError("seq_len, batch_size", f"{seq_len}, {batch_size} must both be at least 1")
         if seq_len >= len(region):
-            raise InputError(
-                f"seq_len: {seq_len} is not shorter than the {len(region)} unique tokens; a sequence needs seq_len + 1 tokens"
+            raise InputError("seq_len", f"{seq_len} is not shorter than the {len(region)} unique tokens; a sequence needs seq_len + 1 tokens"
             )
         if total_tokens < seq_len or total_tokens % seq_len:
-            raise InputError(f"total_tokens: {total_tokens} must be a positive multiple of seq_len {seq_len}")
+            raise InputError("total_tokens", f"{total_tokens} must be a positive multiple of seq_len {seq_len}")
         self.region = region
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -97,7 +96,7 @@ class SequenceSampler:
     def batches(self, start_step: int = 0) -> Iterator[Batch]:
         """Every batch from `start_step` (to resume a run) to the end."""
         if not 0 <= start_step <= self.num_steps:
-            raise InputError(f"start_step: {start_step} is outside 0..{self.num_steps}")
+            raise InputError("start_step", f"{start_step} is outside 0..{self.num_steps}")
         for step in range(start_step, self.num_steps):
             yield self.batch(step)
 

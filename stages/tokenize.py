@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaling.errors import InputError
-from stages.artifacts import artifact_dir, atomic_directory, config_hash, file_sha256, is_complete
+from stages.artifacts import artifact_dir, atomic_directory, file_sha256, is_complete, step_hash
 from stages.corpus import CorpusConfig, corpus_identity, load_corpus
 from stages.fields import Count
 from stages.tokenizer import TokenizerConfig, eod_id, load_tokenizer, token_dtype, train_tokenizer
@@ -82,15 +82,20 @@ def tokenize_key(config: TokenizeConfig) -> dict:
     return key
 
 
+def tokenize_hash(config: TokenizeConfig) -> str:
+    """The hash naming the artifact this config produces (the pipeline's tokenize step uses it too)."""
+    return step_hash(tokenize_key(config))
+
+
 def tokenize_path(config: TokenizeConfig, store: Path) -> Path:
     """The artifact directory this config produces in `store` (finished or not)."""
-    return artifact_dir(store, STAGE, config.name, config_hash(tokenize_key(config)))
+    return artifact_dir(store, STAGE, config.name, tokenize_hash(config))
 
 
 def tokenize(config: TokenizeConfig, store: Path, progress: Progress | None = None) -> Path:
     """Run the stage (or reuse its finished artifact) and return the artifact directory."""
     key = tokenize_key(config)
-    final = artifact_dir(store, STAGE, config.name, config_hash(key))
+    final = artifact_dir(store, STAGE, config.name, step_hash(key))
     if is_complete(final):
         return final
     with atomic_directory(final) as work, _quiet_libraries():
@@ -129,7 +134,7 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress) ->
     seconds = time.perf_counter() - started
     manifest = {
         "name": config.name,
-        "hash": config_hash(key),
+        "hash": step_hash(key),
         "format": FORMAT_VERSION,
         "config": key["config"],
         "source": key["corpus"],
@@ -305,16 +310,14 @@ def _regions(offsets: np.ndarray, validation_tokens: int, sample_documents: int)
     """The validation and training regions of the token file; InputError when the corpus cannot hold them."""
     documents, total = len(offsets) - 1, int(offsets[-1])
     if total == documents:
-        raise InputError(f"corpus: all {documents} documents are empty")
+        raise InputError("corpus", f"all {documents} documents are empty")
     validation_documents = int(np.searchsorted(offsets, validation_tokens, side="left"))
     if validation_documents >= documents:
-        raise InputError(
-            f"validation_tokens: {validation_tokens} leaves no training documents; the corpus has "
+        raise InputError("validation_tokens", f"{validation_tokens} leaves no training documents; the corpus has "
             f"{total} tokens in {documents} documents"
         )
     if validation_documents > documents - sample_documents:
-        raise InputError(
-            f"validation_tokens: {validation_tokens} reaches into the {sample_documents} documents the tokenizer "
+        raise InputError("validation_tokens", f"{validation_tokens} reaches into the {sample_documents} documents the tokenizer "
             f"was trained on (the corpus has {total} tokens); lower validation_tokens or tokenizer.training_characters"
         )
     train_start = int(offsets[validation_documents])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from scaling.errors import InputError
 from stages.fields import Count
+
+if TYPE_CHECKING:  # `tokenizers` loads when a tokenizer is trained or read, not with the config
+    from tokenizers import Tokenizer
 
 BYTE_ALPHABET = 256
 _DTYPE_LIMITS = {"uint16": 2**16, "uint32": 2**32}
@@ -31,13 +33,12 @@ class TokenizerConfig(BaseModel):
     @model_validator(mode="after")
     def _vocabulary_fits(self) -> TokenizerConfig:
         if self.path is None and self.vocab_size < BYTE_ALPHABET + 1:
-            raise ValueError(
-                f"vocab_size: {self.vocab_size} is too small; a byte-level BPE needs at least "
+            raise InputError("vocab_size", f"{self.vocab_size} is too small; a byte-level BPE needs at least "
                 f"{BYTE_ALPHABET + 1} (256 bytes and the end-of-document token)"
             )
         limit = _DTYPE_LIMITS["uint32" if self.dtype == "auto" else self.dtype]
         if self.path is None and self.vocab_size > limit:
-            raise ValueError(f"vocab_size: {self.vocab_size} does not fit dtype {self.dtype}; at most {limit}")
+            raise InputError("vocab_size", f"{self.vocab_size} does not fit dtype {self.dtype}; at most {limit}")
         return self
 
 
@@ -46,13 +47,15 @@ def token_dtype(vocab_size: int, config: TokenizerConfig) -> np.dtype:
     name = config.dtype if config.dtype != "auto" else ("uint16" if vocab_size <= _DTYPE_LIMITS["uint16"] else "uint32")
     if vocab_size > _DTYPE_LIMITS[name]:
         raise InputError(
-            f"tokenizer.dtype: a vocabulary of {vocab_size} tokens does not fit {name} (at most {_DTYPE_LIMITS[name]})"
+            "tokenizer.dtype", f"a vocabulary of {vocab_size} tokens does not fit {name} (at most {_DTYPE_LIMITS[name]})"
         )
     return np.dtype(name)
 
 
 def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     """Train a byte-level BPE on `texts`; the end-of-document token gets id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -68,13 +71,15 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
 
 def load_tokenizer(config: TokenizerConfig) -> Tokenizer:
     """Load the user's tokenizer.json; InputError if missing, unreadable or without the end-of-document token."""
+    from tokenizers import Tokenizer
+
     path = Path(config.path or "")
     if not path.is_file():
-        raise InputError(f"tokenizer.path: {config.path!r} does not exist")
+        raise InputError("tokenizer.path", f"{config.path!r} does not exist")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for malformed files
-        raise InputError(f"tokenizer.path: {config.path!r} is not a tokenizer.json: {err}") from err
+        raise InputError("tokenizer.path", f"{config.path!r} is not a tokenizer.json: {err}") from err
     eod_id(tokenizer, config)
     token_dtype(tokenizer.get_vocab_size(), config)
     return tokenizer
@@ -84,5 +89,5 @@ def eod_id(tokenizer: Tokenizer, config: TokenizerConfig) -> int:
     """The id of the end-of-document token; InputError if the vocabulary lacks it."""
     token_id = tokenizer.token_to_id(config.eod_token)
     if token_id is None:
-        raise InputError(f"tokenizer.eod_token: {config.eod_token!r} is not in the tokenizer's vocabulary")
+        raise InputError("tokenizer.eod_token", f"{config.eod_token!r} is not in the tokenizer's vocabulary")
     return token_id

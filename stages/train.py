@@ -31,17 +31,17 @@ import torch.distributed as dist
 
 from scaling.atomic import write_text_atomic
 from stages import checkpoint, distributed, host_memory
-from stages.artifacts import config_hash
+from stages.artifacts import step_hash
 from stages.data import TokenData
 from stages.engines import make_engine
 from stages.evaluate import validation_loss
 from stages.metrics import MetricsLog, WandbMirror, peak_flops
 from stages.model import Transformer, token_losses
+from stages.record import RECORD, RunRecord, ShapeRecord
 from stages.run_config import RunConfig
 from stages.sampler import SequenceSampler
 
 RUN_CONFIG = "run_config.json"
-RECORD = "run.json"
 FAILED = "failed.json"
 
 Progress = Callable[[dict, int], None]
@@ -59,7 +59,7 @@ class RunDiverged(RuntimeError):
 
 def run_digest(config: RunConfig, data_hash: str) -> str:
     """The hash of what fixes a run's numbers: its config (operational fields left out) and its data's hash."""
-    return config_hash({"format": 1, "run": config.hashed(), "data": data_hash})
+    return step_hash({"format": 1, "run": config.hashed(), "data": data_hash})
 
 
 def run_hash(config: RunConfig, data: TokenData) -> str:
@@ -99,7 +99,7 @@ def _prepare_cpu(device: torch.device) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
-def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Progress | None = None) -> dict | None:
+def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Progress | None = None) -> RunRecord | None:
     """Train and evaluate one run on this rank (resuming from its latest checkpoint); rank 0 returns the record."""
     owns_group = not dist.is_initialized()
     ranks = distributed.start(config.device, config.backend)
@@ -110,7 +110,7 @@ def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Prog
             distributed.stop()
 
 
-def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None) -> dict | None:
+def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None) -> RunRecord | None:
     started = time.perf_counter()
     _prepare_cpu(ranks.device)
     micro_batch, micro_steps = config.micro_batching(ranks.world)
@@ -202,44 +202,43 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
     if not ranks.is_main:
         return None
     params = shape.params
-    record = {
-        "name": config.name,
-        "status": "succeeded",
-        "run_hash": identity,
-        "config_hash": config_hash(config.hashed()),
-        "data_hash": data.manifest["hash"],
-        "seed": config.seed,
-        "params": params.total,
-        "params_non_embedding": params.non_embedding,
-        "params_embedding": params.embedding,
-        "shape": {"layers": shape.layers, "width": shape.width, "heads": shape.heads, "vocab_size": shape.vocab_size,
-                  "seq_len": shape.seq_len, "mlp_ratio": shape.mlp_ratio, "positions": shape.positions,
-                  "tie_embeddings": shape.tie_embeddings},
-        "tokens": config.tokens,
-        "unique_tokens": config.unique_tokens,
-        "epochs": config.tokens / config.unique_tokens,
-        "steps": sampler.num_steps,
-        "val_loss": val_loss,
-        "val_tokens": val_tokens,
-        "train_loss": last_loss,
-        "flops": 6 * params.non_embedding * config.tokens,
-        "flops_full": flops_per_token.full * config.tokens,
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "tokens_per_s": config.tokens / train_seconds if train_seconds > 0 else None,
-        "mfu": config.tokens / train_seconds * flops_per_token.full / (peak * ranks.world) if peak and train_seconds > 0 else None,
-        "peak_flops": peak,
-        "backend": config.backend,
-        "world_size": ranks.world,
-        "device": torch.cuda.get_device_name(ranks.device) if ranks.device.type == "cuda" else "cpu",
-        "host": socket.gethostname(),
-        "resumed_at": resumed_at,
-        "wandb_dir": mirror.directory if mirror else None,
-    }
+    record = RunRecord(
+        name=config.name,
+        run_hash=identity,
+        config_hash=step_hash(config.hashed()),
+        data_hash=data.manifest["hash"],
+        seed=config.seed,
+        params=params.total,
+        params_non_embedding=params.non_embedding,
+        params_embedding=params.embedding,
+        shape=ShapeRecord(layers=shape.layers, width=shape.width, heads=shape.heads, vocab_size=shape.vocab_size,
+                          seq_len=shape.seq_len, mlp_ratio=shape.mlp_ratio, positions=shape.positions,
+                          tie_embeddings=shape.tie_embeddings),
+        tokens=config.tokens,
+        unique_tokens=config.unique_tokens,
+        epochs=config.tokens / config.unique_tokens,
+        steps=sampler.num_steps,
+        val_loss=val_loss,
+        val_tokens=val_tokens,
+        train_loss=last_loss,
+        flops=6 * params.non_embedding * config.tokens,
+        flops_full=flops_per_token.full * config.tokens,
+        train_seconds=train_seconds,
+        wall_seconds=time.perf_counter() - started,
+        tokens_per_s=config.tokens / train_seconds if train_seconds > 0 else None,
+        mfu=config.tokens / train_seconds * flops_per_token.full / (peak * ranks.world) if peak and train_seconds > 0 else None,
+        peak_flops=peak,
+        backend=config.backend,
+        world_size=ranks.world,
+        device=torch.cuda.get_device_name(ranks.device) if ranks.device.type == "cuda" else "cpu",
+        host=socket.gethostname(),
+        resumed_at=resumed_at,
+        wandb_dir=mirror.directory if mirror else None,
+    )
     if mirror:
-        mirror.finish(record)
+        mirror.finish(record.model_dump(mode="json"))
     log.close()
-    write_text_atomic(run_dir / RECORD, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(run_dir / RECORD, record.to_json())
     return record
 
 

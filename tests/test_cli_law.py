@@ -3,11 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import C4_CSV
 from pipeline.cli import main
 from scaling.lawfile import read_law
+from stages.record import RunRecord
 
 
 def run(capsys, *argv):
@@ -58,6 +60,21 @@ def test_fit_summary_and_base_from_previous_fit(capsys, tmp_path):
     assert code == 0
     assert "repetition" in stdout and "182 runs" in stdout and "rd_star" in stdout and "Huber objective" in stdout
     assert "extrapolation: fit on" in stdout
+
+
+def test_fit_reads_the_finished_runs_of_a_store(capsys, tmp_path, c4_runs):
+    for i, (n, d, u, loss) in enumerate(zip(c4_runs.params, c4_runs.tokens, c4_runs.unique_tokens, c4_runs.loss)):
+        record = RunRecord(name=f"run{i:03d}", params=int(n), params_non_embedding=int(n), tokens=int(d),
+                           unique_tokens=int(u), epochs=d / u, val_loss=float(loss), flops=6 * n * d)
+        folder = tmp_path / "train" / f"{record.name}-0123456789abcdef"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(record.to_json())
+        if i:  # the first run never finished: no SUCCESS beside its record
+            (folder / "SUCCESS").write_text("")
+    code, stdout, _ = run(capsys, "fit", str(tmp_path), "--base-preset", "c4", "--json")
+    from_store = json.loads(stdout)
+    assert code == 0 and from_store["n_runs"] == len(c4_runs) - 1 and from_store["input"]["source"] == "run records"
+    assert from_store["input"]["sha256"] == c4_runs.subset(np.arange(len(c4_runs)) > 0).sha256()
 
 
 def test_allocate_json_and_table(capsys, tmp_path):

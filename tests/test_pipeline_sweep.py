@@ -236,11 +236,11 @@ def test_a_two_rank_run_goes_through_ray_train_and_matches_one_process(finished,
 
 
 def _train_workers() -> list[int]:
-    """Pids of Ray worker processes running a train task (Ray names them `ray::_train_task`)."""
+    """Pids of Ray worker processes running a train step (the runner names its tasks `<stage>:<node>`)."""
     found = []
     for status in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if status.read_bytes().startswith(b"ray::_train_task"):
+            if status.read_bytes().startswith(b"ray::train:"):
                 found.append(int(status.parent.name))
         except OSError:
             continue

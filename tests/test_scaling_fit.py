@@ -6,8 +6,9 @@ from scaling.bootstrap import bootstrap, parameter_intervals, resample_weights
 from scaling.diagnostics import describe_fit, extrapolation_check
 from scaling.errors import InputError
 from scaling.fit import FitSpec, fit, halving_schedule, law_to_theta
+from scaling.lawfile import fit_law_document, law_document
 from scaling.laws import BaseLaw, preset
-from scaling.objective import FitData, objective
+from scaling.objective import ALPHA, R_STARS, THETA_NAMES, FitData, objective
 from scaling.optimize import batched_lbfgs
 
 C4_BASE = preset("c4").base
@@ -18,9 +19,9 @@ PUBLISHED_OBJECTIVE = 0.015825935258016132  # the Huber objective at R_D* = 15.3
 def test_analytic_gradient_matches_finite_differences(c4_runs, repetition):
     data = FitData.from_table(c4_runs)
     rng = np.random.default_rng(0)
-    theta = law_to_theta(preset("c4")) + rng.normal(0.0, 0.05, size=(4, 7))
-    theta[:, 5:] = np.abs(theta[:, 5:]) + 0.5
-    theta[0, 3] = 0.6  # a start where many runs carry excess parameters
+    theta = law_to_theta(preset("c4")) + rng.normal(0.0, 0.05, size=(4, len(THETA_NAMES)))
+    theta[:, R_STARS] = np.abs(theta[:, R_STARS]) + 0.5
+    theta[0, ALPHA] = 0.6  # a start where many runs carry excess parameters
     weights = rng.integers(0, 3, size=(4, len(c4_runs))).astype(float)
     _, grad = objective(theta, data, weights, repetition=repetition)
     numeric = np.zeros_like(grad)
@@ -174,3 +175,36 @@ def test_extrapolation_check_with_threshold(c4_runs):
     assert ex["n_fit"] == int((c4_runs.flops <= 1e20).sum()) and ex["rmse_loss"] > 0
     with pytest.raises(InputError, match="leaves no runs on one side"):
         extrapolation_check(c4_runs, spec, threshold=1e40)
+
+
+@pytest.mark.parametrize("request_args, method", [
+    (dict(), "two-stage"),
+    (dict(base=C4_BASE), "repetition"),
+    (dict(law="base"), "base"),
+    (dict(method="joint"), "joint"),
+])
+def test_resolve_picks_the_default_method(request_args, method):
+    assert FitSpec.resolve(**request_args).method == method
+
+
+@pytest.mark.parametrize("spec_args, field", [
+    (dict(method="joint", fixed={"gamma": 1.0}), "parameter"),
+    (dict(method="joint", fixed={"alpha": 5.0}), "fix"),
+    (dict(method="joint", bounds={"rd_star": (5.0, 1.0)}), "bound"),
+    (dict(method="repetition"), "base"),
+])
+def test_bad_specs_name_their_field(c4_runs, spec_args, field):
+    with pytest.raises(InputError) as info:
+        fit(c4_runs, FitSpec(**spec_args))
+    assert info.value.field == field and str(info.value) == f"{field}: {info.value.problem}"
+
+
+def test_fit_law_document_reports_each_step_and_matches_its_parts(c4_runs):
+    spec = FitSpec(method="repetition", base=C4_BASE)
+    steps = []
+    result, document = fit_law_document(c4_runs, spec, resamples=20, seed=4, on_stage=steps.append)
+    assert steps == ["fitting", "bootstrap: 20 resamples", "diagnostics: extrapolation check"]
+    samples = bootstrap(c4_runs, result, 20, 4)
+    assert document == law_document(result, c4_runs, samples=samples, seed=4,
+                                    diagnostics=describe_fit(result.law, c4_runs, spec))
+    assert document["intervals"]["confidence"] == 0.95 and document["bootstrap"]["seed"] == 4

@@ -1,4 +1,4 @@
-"""The store: step hashes, states and markers, leases raced by real processes, and `explain`."""
+"""The store: step hashes, states and markers, leases raced by real processes, `explain`, and stores written by earlier code."""
 
 from __future__ import annotations
 
@@ -386,3 +386,65 @@ def test_a_stage_building_atomically_inside_a_claim_keeps_the_records_and_leaves
     assert sorted(p.name for p in (tmp_path / "tokenize").iterdir()) == [".steps", store.step_dir(good).name]
     assert store.failure(bad)["message"] == "disk full"
     assert not [f for f in _all_files(tmp_path) if f.endswith(".tmp")]
+
+
+# -- a worker that died outside any claim; a store written by earlier code ---------------------------------
+
+
+def test_mark_failed_records_a_worker_that_died_outside_a_claim_and_a_rerun_clears_it(tmp_path):
+    store, (step, other) = Store(tmp_path), _steps(2)
+    store.mark_failed(step, "OutOfMemoryError", "worker killed by the OOM killer\n(exit code -9)")
+    failure = store.failure(step)
+    assert store.state(step) is State.FAILED and failure["message"] == "worker killed by the OOM killer\n(exit code -9)"
+    assert (failure["error_type"], failure["traceback"], failure["owner"], failure["host"], failure["pid"]) == (
+        "OutOfMemoryError", "", None, socket.gethostname(), os.getpid())  # fmt: skip
+    assert store.explain(step).reason == "failed before: OutOfMemoryError: worker killed by the OOM killer"
+    assert store.run(other, _diverge) is State.FAILED and list(store.failure(other)) == list(failure)  # a claim's shape
+    assert store.run(step, lambda: None) is State.DONE and store.failure(step) is None
+
+
+def _old_records(root: Path, step: Step, **markers: dict) -> None:
+    """`.steps/<name>-<hash>/` as earlier code wrote it: step.json, a released claim 0, and `markers`."""
+    who = {"host": OTHER_HOST, "pid": 4242, "time": "2025-01-02T03:04:05.678+00:00"}
+    files = {
+        "step.json": {"stage": step.stage, "name": step.name, "hash": step.hash, "config": step.config,
+                      "inputs": list(step.inputs), "code": {"dcsl": "0.1.0", "git_commit": None}, "attempt": 1,
+                      "owner": "a" * 32, "slurm_job_id": None, **who, "started": 1735787045.0},
+        "leases/lease.0": {"step": step.id, "owner": "a" * 32, "host": OTHER_HOST, "pid": 4242, "pid_start": "123",
+                           "pidns": "pid:[1]", "boot_id": "boot", "slurm_job_id": None, "started": 1735787045.0},
+        "leases/released.0": None,
+        **{marker: {**content, "owner": "a" * 32, **who} for marker, content in markers.items()},
+    }  # fmt: skip
+    for name, content in files.items():
+        path = root / step.stage / ".steps" / f"{step.name}-{step.hash}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("" if content is None else json.dumps(content, indent=2) + "\n")
+
+
+def test_a_store_written_by_earlier_code_reads_with_its_states_and_resumes(tmp_path):
+    corpus, done = Step("tokenize", "corpus", {"vocab": 512}), Step("train", "run1", {"lr": 0.001, "model": {"width": 64}})
+    failed, stopped = Step("train", "run2", {"lr": 0.002}, [corpus]), Step("train", "run3", {"lr": 0.003}, [corpus])
+    assert [s.id for s in (corpus, done, failed, stopped)] == [  # the hashes earlier code gave: old directories are found
+        "tokenize/corpus-d6f2756c2f52657d", "train/run1-02d868d99864bfe2", "train/run2-e5ea558e4593d256",
+        "train/run3-8337528de24d5574"]  # fmt: skip
+    root = tmp_path / "store"
+    for output, name, text in ((corpus, "SUCCESS", ""), (done, "SUCCESS", ""), (stopped, "checkpoint-100.pt", "weights")):
+        (root / output.id).mkdir(parents=True)
+        (root / output.id / name).write_text(text)  # two finished outputs, and the interrupted run's checkpoint
+    _old_records(root, done)
+    _old_records(root, failed, FAILED={"error_type": "RuntimeError", "message": "out of memory", "traceback": "Traceback ..."})
+    _old_records(root, stopped, INTERRUPTED={"reason": "KeyboardInterrupt"})
+    store = Store(root)
+    assert [(i.stage, i.name, i.hash, i.state, i.detail) for i in store.list_steps()] == [
+        ("tokenize", "corpus", corpus.hash, State.DONE, ""), ("train", "run1", done.hash, State.DONE, ""),
+        ("train", "run2", failed.hash, State.FAILED, "RuntimeError: out of memory"),
+        ("train", "run3", stopped.hash, State.INTERRUPTED, "KeyboardInterrupt"),
+    ]  # fmt: skip
+    assert store.record(done)["config"] == done.config and [store.holder(s) for s in (done, failed, stopped)] == [None] * 3
+    assert store.explain(stopped) == Decision(True, "interrupted: resumes from checkpoint", State.INTERRUPTED)
+    assert store.run(done, lambda: pytest.fail("a done step ran")) is State.DONE
+    seen = []
+    assert store.run(stopped, lambda: seen.append((store.step_dir(stopped) / "checkpoint-100.pt").read_text())) is State.DONE
+    assert seen == ["weights"] and store.record(stopped)["attempt"] == 2 and store.state(failed) is State.FAILED
+    assert not (store.records_dir(stopped) / "INTERRUPTED").exists()
+    assert (store.records_dir(stopped) / "leases" / "released.1").exists()  # claim 1 followed the old released claim 0

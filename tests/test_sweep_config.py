@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-import pipeline.cli.sweep_commands  # noqa: E402,F401  (registers the command)
+import pipeline.cli.plan_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
 from pipeline.config import SweepConfig, expand, load_sweep  # noqa: E402
 from scaling.errors import InputError  # noqa: E402

@@ -18,7 +18,7 @@ import yaml  # noqa: E402
 import pipeline.cli.train_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
 from stages.data import TokenData  # noqa: E402
-from stages.launch import read_record  # noqa: E402
+from stages.record import read_record  # noqa: E402
 from stages.tokenize import TokenizeConfig, tokenize  # noqa: E402
 
 DATA = {
@@ -85,10 +85,10 @@ def test_train_prints_a_summary_then_reuses(store, tmp_path, capsys, one_thread)
     assert captured.out.splitlines()[0] == f"wrote {run_dir}"
     val = re.search(r"val loss (\d+\.\d{4})  train loss (\d+\.\d{4})", captured.out)
     assert val is not None, captured.out
-    assert float(val.group(1)) == round(record["val_loss"], 4) and float(val.group(2)) == round(record["train_loss"], 4)
-    assert record["val_loss"] < 5.99  # log(400): it learned something in 10 steps
+    assert float(val.group(1)) == round(record.val_loss, 4) and float(val.group(2)) == round(record.train_loss, 4)
+    assert record.val_loss < 5.99  # log(400): it learned something in 10 steps
     assert "N 25.18K (12.38K non-embedding)  D 2.56K  U 10K  epochs 0.256" in captured.out
-    assert (record["params"], record["params_non_embedding"], record["steps"]) == (25184, 12384, 10)
+    assert (record.params, record.params_non_embedding, record.steps) == (25184, 12384, 10)
     assert f"FLOPs {6 * 12384 * 2560:.3e} (6ND)" in captured.out
     assert "1 rank(s), torch" in captured.out
     assert "error" not in captured.err
@@ -99,7 +99,7 @@ def test_train_prints_a_summary_then_reuses(store, tmp_path, capsys, one_thread)
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert out.splitlines()[0] == f"reused {run_dir}"
-        assert f"val loss {record['val_loss']:.4f}" in out
+        assert f"val loss {record.val_loss:.4f}" in out
     assert (run_dir / "SUCCESS").stat().st_mtime_ns == success
     assert [p.name for p in (store / "train").iterdir()] == [run_dir.name]
 

@@ -20,7 +20,8 @@ import json, resource, sys
 sys.path.insert(0, {str(ROOT)!r})
 import torch
 from stages.host_memory import keep_freed_memory
-from stages.model import ModelShape, Transformer, token_losses
+from stages.model import Transformer, token_losses
+from stages.shapes import ModelShape
 torch.set_num_threads(1)
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.cli.config_files import validation_message
-from stages.model import ModelConfig, ModelShape, Transformer, shape_for_params
+from pipeline.config_files import validation_error
+from stages.model import Transformer
 from stages.run_config import RunConfig
 from stages.schedule import Schedule
+from stages.shapes import ModelConfig, ModelShape, shape_for_params
 
 
 def _hand(layers, width, vocab, seq_len, mlp_ratio, learned, tied):
@@ -259,7 +260,7 @@ def test_bad_run_config_names_the_field(change, message):
         RunConfig.model_validate({**GOOD, **change})
     field = message.split(":")[0]
     assert field.split(".")[-1] in str(caught.value)
-    line = validation_message(caught.value, RunConfig)
+    line = str(validation_error(caught.value, RunConfig))
     assert line.startswith(message), line
     assert "\n" not in line
 

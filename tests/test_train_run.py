@@ -33,7 +33,8 @@ import stages.train  # noqa: E402
 from stages.artifacts import SUCCESS  # noqa: E402
 from stages.checkpoint import FOLDER, checkpoints  # noqa: E402
 from stages.data import TokenData  # noqa: E402
-from stages.launch import read_record, run_path, train  # noqa: E402
+from stages.launch import run_path, train  # noqa: E402
+from stages.record import read_record  # noqa: E402
 from stages.metrics import METRICS, read_metrics  # noqa: E402
 from stages.run_config import RunConfig  # noqa: E402
 from stages.tokenize import TokenizeConfig, tokenize  # noqa: E402
@@ -133,21 +134,21 @@ def test_loss_falls_well_below_log_vocab(main_run):
     log_v = math.log(VOCAB)  # 6.238: the loss of a uniform guess
     assert [m["step"] for m in metrics] == list(range(1, MAIN_STEPS + 1))
     assert abs(metrics[0]["loss"] - log_v) < 0.1  # starts at chance
-    assert record["val_loss"] < 0.75 * log_v  # ~0.68 log V after 80 steps
-    assert record["train_loss"] < 0.75 * log_v and metrics[0]["loss"] - record["train_loss"] > 1.5
-    assert record["train_loss"] == metrics[-1]["loss"]
+    assert record.val_loss < 0.75 * log_v  # ~0.68 log V after 80 steps
+    assert record.train_loss < 0.75 * log_v and metrics[0]["loss"] - record.train_loss > 1.5
+    assert record.train_loss == metrics[-1]["loss"]
     # a smoothed curve goes down: every 10-step mean below the one before
     means = np.array([m["loss"] for m in metrics]).reshape(8, 10).mean(axis=1)
     assert np.all(np.diff(means) < 0), means
     # the record's numbers
-    assert record["status"] == "succeeded" and record["steps"] == MAIN_STEPS
-    assert (record["params"], record["params_non_embedding"], record["params_embedding"]) == (131392, 98624, 32768)
-    assert record["tokens"] == 81920 and record["unique_tokens"] == 40000 and record["epochs"] == 81920 / 40000
-    assert record["flops"] == 6 * 98624 * 81920
-    assert record["flops_full"] == (6 * 98624 + 6 * 64 * VOCAB + 12 * 2 * 32 * 64) * 81920
-    assert record["val_tokens"] == (4096 - 1) // 32 * 32
-    assert record["world_size"] == 1 and record["backend"] == "torch" and record["resumed_at"] == []
-    assert record["train_seconds"] > 0 and record["tokens_per_s"] == pytest.approx(81920 / record["train_seconds"])
+    assert record.status == "succeeded" and record.steps == MAIN_STEPS
+    assert (record.params, record.params_non_embedding, record.params_embedding) == (131392, 98624, 32768)
+    assert record.tokens == 81920 and record.unique_tokens == 40000 and record.epochs == 81920 / 40000
+    assert record.flops == 6 * 98624 * 81920
+    assert record.flops_full == (6 * 98624 + 6 * 64 * VOCAB + 12 * 2 * 32 * 64) * 81920
+    assert record.val_tokens == (4096 - 1) // 32 * 32
+    assert record.world_size == 1 and record.backend == "torch" and record.resumed_at == []
+    assert record.train_seconds > 0 and record.tokens_per_s == pytest.approx(81920 / record.train_seconds)
 
 
 def test_metrics_follow_the_schedule_and_the_token_count(main_run):
@@ -181,11 +182,11 @@ def test_checkpoints_keep_the_newest_and_leave_no_temporaries(main_run):
 
 def test_wandb_offline_run_directory_is_recorded(main_run):
     record = read_record(main_run)
-    wandb_dir = Path(record["wandb_dir"])
+    wandb_dir = Path(record.wandb_dir)
     assert wandb_dir.is_dir()
     assert wandb_dir.parent == main_run / "wandb"
-    assert wandb_dir.name.startswith("offline-run-") and wandb_dir.name.endswith(record["run_hash"])
-    log = wandb_dir / f"run-{record['run_hash']}.wandb"
+    assert wandb_dir.name.startswith("offline-run-") and wandb_dir.name.endswith(record.run_hash)
+    log = wandb_dir / f"run-{record.run_hash}.wandb"
     assert log.is_file() and log.stat().st_size > 1000
 
 
@@ -245,10 +246,10 @@ def test_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(main_run, dat
     resumed = train(config, data.path, store)
     assert resumed == run_dir and (run_dir / SUCCESS).exists()
     record, reference = read_record(run_dir), read_record(main_run)
-    assert record["resumed_at"] == [killed_at]
+    assert record.resumed_at == [killed_at]
     assert json.loads((run_dir / FOLDER / f"step-{MAIN_STEPS:08d}" / "state.json").read_text())["resumed_at"] == [killed_at]
-    assert abs(record["val_loss"] - reference["val_loss"]) < 1e-6
-    assert abs(record["train_loss"] - reference["train_loss"]) < 1e-6
+    assert abs(record.val_loss - reference.val_loss) < 1e-6
+    assert abs(record.train_loss - reference.train_loss) < 1e-6
     # the metrics file: steps 1..80 once each, the losses of the uninterrupted run step by step
     metrics, expected = read_metrics(run_dir), read_metrics(main_run)
     assert [m["step"] for m in metrics] == list(range(1, MAIN_STEPS + 1))
@@ -270,7 +271,7 @@ def _assert_same_curve(run_dir: Path, reference: Path) -> None:
     np.testing.assert_allclose(loss, expected, rtol=RTOL, atol=0)
     np.testing.assert_allclose(_column(run_dir, "grad_norm"), _column(reference, "grad_norm"), rtol=1e-3)
     assert list(_column(run_dir, "lr")) == list(_column(reference, "lr"))
-    assert read_record(run_dir)["val_loss"] == pytest.approx(read_record(reference)["val_loss"], rel=RTOL)
+    assert read_record(run_dir).val_loss == pytest.approx(read_record(reference).val_loss, rel=RTOL)
 
 
 def test_gradient_accumulation_gives_the_curve_of_none(reference, data, store):
@@ -283,7 +284,7 @@ def test_ddp_on_two_cpu_ranks_gives_the_curve_of_one_process(reference, data, st
     config = RunConfig.model_validate({**SMALL, "name": f"ddp-{micro_batch_size}", "processes": 2, "micro_batch_size": micro_batch_size})
     run_dir = train(config, data.path, store)
     record = read_record(run_dir)
-    assert record["world_size"] == 2 and record["backend"] == "torch"
+    assert record.world_size == 2 and record.backend == "torch"
     _assert_same_curve(run_dir, reference)
 
 
@@ -294,7 +295,7 @@ def test_deepspeed_zero2_on_two_cpu_ranks_gives_the_curve_of_one_process(referen
     )
     run_dir = train(config, data.path, store)
     record = read_record(run_dir)
-    assert record["world_size"] == 2 and record["backend"] == "deepspeed"
+    assert record.world_size == 2 and record.backend == "deepspeed"
     _assert_same_curve(run_dir, reference)
     # every rank wrote its ZeRO partition of the final checkpoint
     (final,) = checkpoints(run_dir)
@@ -333,7 +334,7 @@ def test_divergent_run_is_recorded_as_failed(data, tmp_path, monkeypatch):
     assert train(config, data.path, tmp_path) == run_dir
     assert (run_dir / SUCCESS).exists() and not (run_dir / FAILED).exists()
     assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 9))
-    assert read_record(run_dir)["val_loss"] < math.log(VOCAB)
+    assert read_record(run_dir).val_loss < math.log(VOCAB)
 
 
 # --- a bug found while writing these tests -------------------------------------------------------

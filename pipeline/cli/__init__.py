@@ -5,7 +5,9 @@ Every command turns `InputError` (and missing files) into one line on stderr and
 
 from __future__ import annotations
 
-import sys
+import importlib
+import pkgutil
+
 import typer
 
 from scaling import dcsl_version
@@ -33,14 +35,16 @@ def _root(
     """Data-constrained scaling-law studies of language models."""
 
 
-def fail(message: str) -> None:
-    """Stop a command on bad input: `main` prints the one-line message and exits with status 2."""
-    raise InputError(message)
+def fail(field: str, problem: str) -> None:
+    """Stop a command on bad input about `field`: `main` prints "field: problem" and exits with status 2."""
+    raise InputError(field, problem)
 
 
 def _register_commands() -> None:
-    # Imported for their side effect: each module adds its commands to `app`.
-    from pipeline.cli import data_commands, law_commands, slurm_commands, study_commands, sweep_commands, train_commands  # noqa: F401
+    """Import every `pipeline/cli/*_commands.py`; each adds its commands to `app` and keeps heavy imports inside them."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.endswith("_commands"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def main(argv: list[str] | None = None) -> int:

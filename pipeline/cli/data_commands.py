@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app, fail
-from pipeline.cli.config_files import read_section, read_yaml
 from scaling.units import format_quantity
-from stages.artifacts import is_complete
-from stages.tokenize import TokenizeConfig, tokenize, tokenize_path
+
+if TYPE_CHECKING:  # the tokenize stage and its config (numpy, pydantic) load only when the command runs
+    from stages.tokenize import TokenizeConfig
 
 SECTION = "data"
 DEFAULT_STORE = "store"
@@ -28,6 +28,9 @@ DEFAULT_STORE = "store"
 
 def load_tokenize_config(path: Path) -> tuple[TokenizeConfig, Path]:
     """The `data` section of a YAML file as a TokenizeConfig, and its store root; InputError if bad."""
+    from pipeline.config_files import read_section, read_yaml
+    from stages.tokenize import TokenizeConfig
+
     document = read_yaml(path)
     config = read_section(document, SECTION, TokenizeConfig, path, "the corpus and tokenizer settings")
     return config, Path(document.get("store") or DEFAULT_STORE)
@@ -53,10 +56,13 @@ def tokenize_command(
     num_proc: int | None = typer.Option(None, "--num-proc", help="Tokenizing processes (does not change the output)."),
 ) -> None:
     """Tokenize a corpus into the store (or reuse the finished artifact) and summarise it."""
+    from stages.artifacts import is_complete
+    from stages.tokenize import tokenize, tokenize_path
+
     settings, store_root = load_tokenize_config(config)
     if num_proc is not None:
         if num_proc < 1:
-            fail(f"--num-proc: {num_proc} must be at least 1")
+            fail("--num-proc", f"{num_proc} must be at least 1")
         settings = settings.model_copy(update={"num_proc": num_proc})
     store_root = store or store_root
     reused = is_complete(tokenize_path(settings, store_root))

@@ -18,12 +18,11 @@ from scaling.allocate import (
     allocate as allocate_law,
 )
 from scaling.atomic import write_text_atomic
-from scaling.bootstrap import CONFIDENCE, bootstrap, parameter_intervals, percentile_interval
-from scaling.diagnostics import describe_fit
+from scaling.bootstrap import percentile_interval
 from scaling.errors import InputError
-from scaling.fit import FitResult, FitSpec, fit
+from scaling.fit import FitResult, FitSpec
 from scaling.laws import PRESETS, BaseLaw, Law, preset
-from scaling.lawfile import bootstrap_samples, dumps, law_document, read_law
+from scaling.lawfile import bootstrap_samples, dumps, fit_law_document, read_law
 from scaling.units import format_quantity, parse_quantity
 
 out = Console()
@@ -38,7 +37,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 def _parse_assignment(text: str, option: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip() or not value.strip():
-        raise InputError(f"{option}: {text!r} must look like NAME=VALUE")
+        raise InputError(option, f"{text!r} must look like NAME=VALUE")
     return name.strip(), value.strip()
 
 
@@ -46,7 +45,7 @@ def _parse_number(text: str, option: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise InputError(f"{option}: {text!r} is not a number") from None
+        raise InputError(option, f"{text!r} is not a number") from None
 
 
 def _parse_fixes(items: list[str]) -> dict[str, float]:
@@ -60,7 +59,7 @@ def _parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
         name, value = _parse_assignment(item, "--bound")
         lo, sep, hi = value.partition(":")
         if not sep:
-            raise InputError(f"--bound: {item!r} must look like NAME=LOW:HIGH")
+            raise InputError("--bound", f"{item!r} must look like NAME=LOW:HIGH")
         bounds[name] = (_parse_number(lo, f"--bound {name}"), _parse_number(hi, f"--bound {name}"))
     return bounds
 
@@ -68,7 +67,7 @@ def _parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
 def _choose_law(law_file: Path | None, preset_name: str | None, default: str = "c4") -> tuple[Law, dict | None, str]:
     """The law to query: from a law.json, a preset, or the default preset; with its document and label."""
     if law_file is not None and preset_name is not None:
-        raise InputError("--law and --preset: give one of them, not both")
+        raise InputError("--law and --preset", "give one of them, not both")
     if law_file is not None:
         law, document = read_law(law_file)
         return law, document, str(law_file)
@@ -76,27 +75,27 @@ def _choose_law(law_file: Path | None, preset_name: str | None, default: str = "
     return preset(name), None, f"preset {name}"
 
 
+def _fixed_base(base_preset: str | None, base_file: Path | None) -> tuple[BaseLaw | None, str | None]:
+    """The base law held fixed (from --base-preset or --base) and where it came from; (None, None) without one."""
+    if base_preset is not None and base_file is not None:
+        raise InputError("--base-preset and --base", "give one of them, not both")
+    if base_preset is not None:
+        return preset(base_preset).base, f"preset:{base_preset}"
+    if base_file is not None:
+        return read_law(base_file)[0].base, str(base_file)
+    return None, None
+
+
 def _fit_spec(law: str, base_preset: str | None, base_file: Path | None, joint: bool, fixes: list[str],
               bounds: list[str], tie: bool) -> tuple[FitSpec, str | None]:
-    if base_preset is not None and base_file is not None:
-        raise InputError("--base-preset and --base: give one of them, not both")
-    base, source = None, None
-    if base_preset is not None:
-        base, source = preset(base_preset).base, f"preset:{base_preset}"
-    elif base_file is not None:
-        base, source = read_law(base_file)[0].base, str(base_file)
-    if law == BaseLaw.name:
-        if base is not None or joint:
-            raise InputError("--law base: fits the base law itself; --base, --base-preset and --joint don't apply")
-        method = "base"
-    elif joint:
-        if base is not None:
-            raise InputError("--joint: fits all seven parameters; drop --base/--base-preset (or --fix them)")
-        method = "joint"
-    else:
-        method = "repetition" if base is not None else "two-stage"
-    spec = FitSpec(law=law, method=method, base=base, fixed=_parse_fixes(fixes), tie_exponents=tie,
-                   bounds=_parse_bounds(bounds))
+    """The spec the fit flags ask for, and the source of its fixed base law."""
+    base, source = _fixed_base(base_preset, base_file)
+    if law == BaseLaw.name and (base is not None or joint):
+        raise InputError("--law base", "fits the base law itself; --base, --base-preset and --joint don't apply")
+    if joint and base is not None:
+        raise InputError("--joint", "fits all seven parameters; drop --base/--base-preset (or --fix them)")
+    spec = FitSpec.resolve(law=law, base=base, method="joint" if joint else None, fixed=_parse_fixes(fixes),
+                           bounds=_parse_bounds(bounds), tie_exponents=tie)
     return spec, source
 
 
@@ -104,20 +103,20 @@ def _read_table(runs: Path | None, loss_column: str | None, wandb_project: str |
                 wandb_keys: list[str]):
     """The runs to fit: from W&B, from a store's finished runs, or from a CSV/Parquet file."""
     if (runs is None) == (wandb_project is None):
-        raise InputError("runs: give a run table file or store folder, or --wandb ENTITY/PROJECT (one of them)")
+        raise InputError("runs", "give a run table file or store folder, or --wandb ENTITY/PROJECT (one of them)")
     if wandb_project is not None:
         from pipeline.wandb_runs import DEFAULT_KEYS, parse_filters, read_wandb_runs
 
         keys = dict(_parse_assignment(item, "--wandb-key") for item in wandb_keys)
         unknown = sorted(set(keys) - set(DEFAULT_KEYS))
         if unknown:
-            raise InputError(f"--wandb-key: {unknown[0]!r} is not a column; use {', '.join(DEFAULT_KEYS)}")
+            raise InputError("--wandb-key", f"{unknown[0]!r} is not a column; use {', '.join(DEFAULT_KEYS)}")
         return read_wandb_runs(wandb_project, parse_filters(filters), keys)
     if filters is not None or wandb_keys:
-        raise InputError("--filters, --wandb-key: only apply with --wandb")
+        raise InputError("--filters, --wandb-key", "only apply with --wandb")
     if runs.is_dir():
-        from pipeline.cli.study_commands import finished_records
-        from stages.fit import run_table
+        from stages.fit import run_table  # pydantic and the record model load only for a store
+        from stages.record import finished_records
 
         return run_table(finished_records(runs))
     return read_runs(runs, loss_column=loss_column)
@@ -150,17 +149,9 @@ def fit_command(
     for warning in table.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with err.status("fitting", spinner="dots") as status:
-        result = fit(table, spec)
-        samples = intervals = None
-        if bootstrap_resamples:
-            status.update(f"bootstrap: {bootstrap_resamples} resamples")
-            samples = bootstrap(table, result, bootstrap_resamples, seed)
-            intervals = parameter_intervals(samples, spec.law)
-        status.update("diagnostics: extrapolation check")
-        diagnostics = describe_fit(result.law, table, spec, threshold)
-    document = law_document(result, table, base_source=base_source, samples=samples, seed=seed if samples is not None else None,
-                            intervals=intervals, confidence=CONFIDENCE if samples is not None else None,
-                            diagnostics=diagnostics)
+        result, document = fit_law_document(table, spec, resamples=bootstrap_resamples, seed=seed,
+                                            extrapolate_above=threshold, base_source=base_source,
+                                            on_stage=status.update)
     text = dumps(document)
     if out_path is not None:
         write_text_atomic(out_path, text)
@@ -233,11 +224,11 @@ def allocate_command(
     unique = parse_quantity(unique_tokens, "--unique-tokens")
     if target_loss is not None:
         if flops:
-            raise InputError("--target-loss and --flops: give one of them, not both")
+            raise InputError("--target-loss and --flops", "give one of them, not both")
         _least_compute(law, target_loss, unique, label, as_json)
         return
     if not flops:
-        raise InputError("--flops: give at least one compute budget (or --target-loss)")
+        raise InputError("--flops", "give at least one compute budget (or --target-loss)")
     budgets = np.array([parse_quantity(c, "--flops") for item in flops for c in item.split(",")])
     samples = bootstrap_samples(document) if document else None
     records = _allocation_record(law.full_params(), budgets, unique, samples)
@@ -276,7 +267,7 @@ def _fmt(key: str, value: float, compact: bool = False) -> str:
 
 def _least_compute(law: Law, target: float, unique: float, label: str, as_json: bool) -> None:
     if not target > 0:
-        raise InputError(f"--target-loss: {target!r} must be > 0")
+        raise InputError("--target-loss", f"{target!r} must be > 0")
     flops = float(least_compute(law, target, unique))
     floor = float(loss_floor(law, unique)) if not isinstance(law, BaseLaw) else float(law.E)
     record = {"target_loss": target, "unique_tokens": unique, "flops": flops, "loss_floor": floor}
@@ -309,7 +300,7 @@ def predict_command(
     d = parse_quantity(tokens, "--tokens")
     u = d if unique_tokens is None else parse_quantity(unique_tokens, "--unique-tokens")
     if u > d:
-        raise InputError(f"--unique-tokens: {u:g} exceeds --tokens {d:g}; a run cannot see more unique tokens than it trains on")
+        raise InputError("--unique-tokens", f"{u:g} exceeds --tokens {d:g}; a run cannot see more unique tokens than it trains on")
     loss = float(law.predict(n, d, u))
     if as_json:
         typer.echo(json.dumps({"params": n, "tokens": d, "unique_tokens": u, "epochs": d / u, "loss": loss}, indent=2))

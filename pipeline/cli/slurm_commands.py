@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pipeline.cli import app, fail
-from pipeline.cluster import check_fits_cluster
-from pipeline.config import expand, load_sweep
-from pipeline.store import Store
-from pipeline.submit import ACTIVE, JobOptions, cancel, job_state, jobs, partition_has_gpus, prepare_job, render, submit
+
+if TYPE_CHECKING:  # the sweep schema (pydantic, scipy) and the SLURM client load when a command runs
+    from pipeline.config import SweepConfig
+    from pipeline.submit import JobOptions
 
 
 @app.command("submit")
@@ -29,6 +30,9 @@ def submit_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the job script; submit nothing, write nothing."),
 ) -> None:
     """Submit a sweep to SLURM as one job: a Ray cluster over its nodes runs `dcsl sweep` and requeues on preemption."""
+    from pipeline.config import load_sweep
+    from pipeline.submit import JobOptions, partition_has_gpus, prepare_job, render, submit
+
     options = JobOptions(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, partition=partition,
                          account=account, time=time_limit, mem=mem, extra_sbatch=extra_sbatch)  # fmt: skip
     options.check()
@@ -41,7 +45,7 @@ def submit_command(
         typer.echo(render(options, sweep_file.resolve(), root, log), nl=False)
         return
     if gpus_per_node and partition_has_gpus(partition) is False:
-        fail(f"--gpus-per-node: {gpus_per_node}, but partition {partition or '(the default)'!r} has no GPUs (sinfo lists no gpu gres)")
+        fail("--gpus-per-node", f"{gpus_per_node}, but partition {partition or '(the default)'!r} has no GPUs (sinfo lists no gpu gres)")
     script = prepare_job(sweep.name, sweep_file, root, options)
     job_id = submit(script, options)
     typer.echo(f"submitted job {job_id}: sweep {sweep.name}, {nodes} node(s)" + (f" x {gpus_per_node} GPU(s)" if gpus_per_node else ""))
@@ -50,8 +54,11 @@ def submit_command(
     typer.echo(f"follow it with: dcsl status {root}")
 
 
-def _check_fits_job(sweep, options: JobOptions) -> None:
+def _check_fits_job(sweep: SweepConfig, options: JobOptions) -> None:
     """Every run must fit the allocation: its nodes, GPUs per node and CPUs per node."""
+    from pipeline.cluster import check_fits_cluster
+    from pipeline.config import expand
+
     node = {"CPU": float(options.cpus_per_node or 1e9), "GPU": float(options.gpus_per_node)}
     capacities = [dict(node) for _ in range(options.nodes)]
     check_fits_cluster(expand(sweep), capacities, sweep.resources_field, holder="the job (--nodes, --gpus-per-node, --cpus-per-node)")
@@ -64,11 +71,14 @@ def cancel_command(
     wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for the job to end before releasing its steps."),
 ) -> None:
     """Cancel the sweep's SLURM job; its running steps end INTERRUPTED (not failed) and resume on the next sweep."""
+    from pipeline.store import Store
+    from pipeline.submit import ACTIVE, cancel, job_state, jobs
+
     known = jobs(store)
     if job is None:
         active = [record["job_id"] for record in known if job_state(record["job_id"])["state"] in ACTIVE]
         if not active:
-            fail(f"store: {str(store)!r} has no active SLURM job" + (f" (its jobs: {', '.join(r['job_id'] for r in known)})" if known else ""))
+            fail("store", f"{str(store)!r} has no active SLURM job" + (f" (its jobs: {', '.join(r['job_id'] for r in known)})" if known else ""))
         job = active[-1]
     cancel(job)
     deadline = time.monotonic() + wait

@@ -1,167 +1,125 @@
-"""`dcsl plan SWEEP.yaml`: expand a sweep and show its runs, compute and estimated time; runs nothing.
-
-The estimated time of a run comes from finished runs in the store with the same model shape
-(`<store>/train/*/run.json`: tokens/s, and the time outside training such as evaluation),
-preferring those trained with as many ranks; a run whose shape the store has not seen gets none.
-"""
+"""`dcsl sweep`: run a study end to end (tokenize, train and evaluate every run, fit, report), or explain it."""
 
 from __future__ import annotations
 
-import csv
-import json
-import statistics
-import sys
+import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app
-from scaling.errors import InputError
-from scaling.units import format_quantity
 
-if TYPE_CHECKING:  # pipeline.config imports torch (for shapes): only the command that needs it loads it
-    from pipeline.config import RunSpec, SweepConfig
-
-CSV_COLUMNS = ("name", "model", "seed", "params", "params_non_embedding", "tokens", "unique_tokens", "epochs", "flops",
-               "flops_full", "cpus", "gpus", "nodes", "estimated_seconds")  # fmt: skip
+err = Console(stderr=True)
 
 
-@app.command("plan")
-def plan_command(
-    sweep_file: Path = typer.Argument(..., help="The sweep YAML file."),
+@app.command("sweep")
+def sweep_command(
+    config: Path = typer.Argument(..., help="The sweep file (see configs/tiny.yaml)."),
+    address: str | None = typer.Option(None, "--address", help="Join a running Ray cluster (e.g. auto or HOST:6379); default: start a local one."),
+    explain: bool = typer.Option(False, "--explain", help="Say per step whether it will run and why; run nothing."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop impossible grid points with a warning instead of failing."),
+    out: Path | None = typer.Option(None, "--out", help="Also copy the report (law.json, allocation.csv, plots, report.md) into this folder."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave impossible grid points out, with a warning."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print the run table as CSV."),
+    wait_nodes: int = typer.Option(0, "--wait-nodes", min=0, help="With --address: wait for the head and this many nodes first (job scripts)."),
 ) -> None:
-    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything."""
-    from pipeline.config import expand, load_sweep
+    """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished.
 
-    sweep = load_sweep(sweep_file)
-    store_root = store or Path(sweep.store)
-    err = Console(stderr=True)
-    with err.status("looking for the tokenized corpus"):
-        corpus = tokenized_corpus(sweep, store_root)
-    skipped: list[str] = []
-    runs = expand(
-        sweep, corpus["train"]["tokens"] if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
-        skip_invalid=skip_invalid, skipped=skipped,
-    )  # fmt: skip
-    if corpus is None:
-        err.print("note: the corpus is not tokenized yet; U is not checked against its size", highlight=False)
-    for message in skipped:
-        err.print(f"warning: skipped {message}", highlight=False, soft_wrap=True)
-    speeds = observed_speeds(store_root)
-    estimates = [estimate_seconds(run, speeds) for run in runs]
-    if as_csv:
-        _write_csv(runs, estimates)
-    else:
-        _print_table(sweep, runs, estimates, len(skipped))
+    Ctrl-C or SIGTERM (a SLURM preemption or time limit) stops it cleanly: running steps are marked
+    interrupted, and the same command resumes them.
+    """
+    from pipeline.config import load_sweep
 
+    sweep = load_sweep(config)
+    if store is not None:
+        sweep = sweep.model_copy(update={"store": str(store)})
+    if explain:
+        _explain(sweep, skip_invalid)
+        return
+    from pipeline.store import State
+    from pipeline.sweep import run_sweep  # Ray is imported only when a sweep really runs
 
-def tokenized_corpus(sweep: SweepConfig, store: Path) -> dict | None:
-    """The manifest of the sweep's finished tokenize artifact in `store`, or None if there is none yet."""
-    from stages.artifacts import is_complete
-    from stages.tokenize import STAGE, tokenize_path
+    columns = (TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[eta]}"))  # fmt: skip
+    bar = Progress(*columns, console=err, transient=False)
+    task = bar.add_task("runs", total=None, status="", eta="")
 
-    folder = store / STAGE
-    if not any(folder.glob(f"{sweep.data.name}-*")):  # no artifact of this name: skip hashing the corpus
-        return None
+    logged: list[str] = []  # where stderr is no terminal (a log file, a SLURM job), one plain line per change
+
+    def show(counts: dict) -> None:
+        if "total" not in counts:
+            status, eta = counts["status"], ""
+        else:
+            status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
+            eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
+        if not err.is_terminal:
+            line = f"runs: {status}" + (f" of {counts['total']}" if "total" in counts else "") + (f"; {eta}" if eta else "")
+            if not logged or logged[-1].partition(";")[0] != line.partition(";")[0]:
+                logged.append(line)
+                err.print(line, highlight=False, soft_wrap=True)
+            return
+        bar.start()  # on the first report, once the config and the cluster have passed every check
+        if "total" in counts:
+            bar.update(task, completed=counts["done"] + counts["failed"], total=counts["total"], status=status, eta=eta)
+        else:
+            bar.update(task, status=status)
+
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        path = tokenize_path(sweep.data, store)
-    except InputError:  # a local corpus that is not there (yet): the sweep will say so when it runs
-        return None
-    return json.loads((path / "manifest.json").read_text()) if is_complete(path) else None
+        outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid, wait_nodes=wait_nodes)
+    except KeyboardInterrupt:
+        err.print("interrupted: running steps were cancelled and are marked interrupted; run the same command to resume")
+        raise typer.Exit(130) from None
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    done = sum(state is State.DONE for state in outcome.states.values())
+    typer.echo(f"{done} of {len(outcome.states)} runs succeeded" + (f"; {len(outcome.failed)} did not:" if outcome.failed else ""))
+    for failure in outcome.failed:
+        typer.echo(f"  {failure.name}: {failure.state}: {failure.reason}")
+    if outcome.law_path:
+        typer.echo(f"law: {outcome.law_path}")
+    if outcome.report_path:
+        typer.echo(f"report: {outcome.report_path}")
+        if out is not None:
+            _copy_report(outcome.report_path.parent, out)
+            typer.echo(f"copied to {out}/")
+    if outcome.fit_state is not None and outcome.fit_state is not State.DONE:
+        typer.echo(f"the fit is {outcome.fit_state.value}; see dcsl status {sweep.store}")
+    if not outcome.law_path:
+        raise typer.Exit(1)
 
 
-def observed_speeds(store: Path) -> dict[str, list[dict]]:
-    """Finished runs' speeds by model shape: {shape key: [{tokens_per_s, overhead_s, world_size}, ...]}."""
-    speeds: dict[str, list[dict]] = {}
-    for path in sorted((store / "train").glob("*/run.json")):
-        try:
-            record = json.loads(path.read_text())
-            entry = {
-                "tokens_per_s": float(record["tokens_per_s"]),
-                "overhead_s": max(0.0, float(record.get("wall_seconds", 0.0)) - float(record.get("train_seconds", 0.0))),
-                "world_size": int(record.get("world_size", 1)),
-            }
-            key = _shape_key(record["shape"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a record being written, or of another format: no estimate from it
-        if entry["tokens_per_s"] > 0:
-            speeds.setdefault(key, []).append(entry)
-    return speeds
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def estimate_seconds(run: RunSpec, speeds: dict[str, list[dict]]) -> float | None:
-    """The run's expected wall time from runs of the same shape (same world size preferred), or None."""
-    seen = speeds.get(_shape_key(run.shape._asdict()))
-    if not seen:
-        return None
-    same_world = [entry for entry in seen if entry["world_size"] == run.world_size] or seen
-    rate = statistics.median(entry["tokens_per_s"] for entry in same_world)
-    overhead = statistics.median(entry["overhead_s"] for entry in same_world)
-    return run.tokens / rate + overhead
+def _copy_report(source: Path, destination: Path) -> None:
+    """Copy every file of the report folder, each written to a temporary name and renamed into place."""
+    destination.mkdir(parents=True, exist_ok=True)
+    from stages.artifacts import SUCCESS
+
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name != SUCCESS:
+            temporary = destination / f".{path.name}.tmp"
+            shutil.copyfile(path, temporary)
+            temporary.replace(destination / path.name)
 
 
-def _shape_key(shape: dict) -> str:
-    return json.dumps(shape, sort_keys=True)
+def _explain(sweep, skip_invalid: bool) -> None:
+    from pipeline.runner import explain
+    from pipeline.store import Store
+    from pipeline.sweep import sweep_graph
 
-
-def format_duration(seconds: float) -> str:
-    """A duration for people: 42s, 3m05s, 2h10m, 3d04h."""
-    seconds = round(seconds)
-    for unit, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}{(seconds % size) // small_size:02d}{small}"
-    return f"{seconds}s"
-
-
-def _resources(run: RunSpec) -> str:
-    r = run.resources
-    if not r.gpus:
-        return f"{r.cpus} CPU"
-    return f"{r.gpus} GPU" + (f" x {r.nodes}" if r.nodes > 1 else "")
-
-
-def _print_table(sweep: SweepConfig, runs: list[RunSpec], estimates: list[float | None], skipped: int) -> None:
-    table = Table(title=f"sweep {sweep.name}: {len(runs)} runs", title_justify="left")
-    for header in ("run", "N", "N non-emb", "D", "U", "epochs", "FLOPs (6ND)", "resources", "est. time"):
-        table.add_column(header, justify="left" if header in ("run", "resources") else "right")
-    for run, seconds in zip(runs, estimates):
-        table.add_row(
-            run.name, format_quantity(run.params), format_quantity(run.params_non_embedding), format_quantity(run.tokens),
-            format_quantity(run.unique_tokens), f"{run.epochs:.4g}", f"{run.flops:.3e}", _resources(run),
-            format_duration(seconds) if seconds is not None else "",
-        )  # fmt: skip
-    out = Console(width=max(120, Console().width))
-    out.print(table)
-    known = [seconds for seconds in estimates if seconds is not None]
-    points = len({run.point for run in runs})
-    total_tokens = sum(run.tokens for run in runs)
-    lines = [
-        f"runs {len(runs)} ({points} grid points x {len(sweep.seeds)} seed(s))" + (f", {skipped} points skipped" if skipped else ""),
-        f"total compute {sum(run.flops for run in runs):.4e} FLOPs (6ND), {sum(run.flops_full for run in runs):.4e} with attention and output layer",
-        f"total tokens {format_quantity(total_tokens)} ({total_tokens:,})",
-    ]
-    if known:
-        coverage = "" if len(known) == len(runs) else f" for the {len(known)} of {len(runs)} runs whose shape the store has seen"
-        lines.append(f"estimated time {format_duration(sum(known))}, one run after another{coverage}")
-    else:
-        lines.append("estimated time: unknown (no finished run in the store has these model shapes)")
-    for line in lines:
-        out.print(line, highlight=False)
-
-
-def _write_csv(runs: list[RunSpec], estimates: list[float | None]) -> None:
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for run, seconds in zip(runs, estimates):
-        r = run.resources
-        writer.writerow([
-            run.name, run.model, run.seed, run.params, run.params_non_embedding, run.tokens, run.unique_tokens,
-            repr(run.epochs), repr(run.flops), repr(run.flops_full), r.cpus, r.gpus, r.nodes,
-            "" if seconds is None else f"{seconds:.1f}",
-        ])  # fmt: skip
+    skipped: list[str] = []
+    graph = sweep_graph(sweep, skip_invalid=skip_invalid, skipped=skipped)
+    for warning in skipped:
+        err.print(f"[yellow]warning:[/] skipped {warning}", highlight=False)
+    decisions = explain(graph.nodes, Store(Path(sweep.store)))
+    keyed = [(node, decision) for node, decision in decisions if decision is not None]
+    for node, decision in keyed:
+        typer.echo(f"{'run ' if decision.run else 'skip'}  {node.label}: {decision.reason}")
+    later = [node.kind.stage for node, decision in decisions if decision is None]
+    typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run; then the {' and the '.join(later)} "
+               f"over the runs that succeed")

@@ -14,15 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.cli import app, fail
-from pipeline.cli.config_files import read_section, read_yaml
 from pipeline.cli.data_commands import DEFAULT_STORE, SECTION as DATA_SECTION
 from scaling.units import format_quantity
-from stages.artifacts import is_complete
-from stages.data import TokenData
-from stages.launch import WorkersFailed, check_fits_data, check_resumable, read_record, run_path, train
-from stages.run_config import RunConfig
-from stages.tokenize import TokenizeConfig, tokenize
-from stages.train import RunDiverged
 
 SECTION = "run"
 
@@ -34,12 +27,21 @@ def train_command(
     processes: int | None = typer.Option(None, "--processes", help="Ranks to start on this machine (overrides run.processes)."),
 ) -> None:
     """Train and evaluate one run (resuming from its latest checkpoint), then print its record."""
+    # The trainer (torch, tokenizers, datasets) loads only when a run is asked for.
+    from pipeline.config_files import read_section, read_yaml
+    from stages.artifacts import is_complete
+    from stages.data import TokenData
+    from stages.launch import WorkersFailed, check_fits_data, check_resumable, run_path, train
+    from stages.run_config import RunConfig
+    from stages.tokenize import TokenizeConfig, tokenize
+    from stages.train import RunDiverged
+
     document = read_yaml(config)
     data_config = read_section(document, DATA_SECTION, TokenizeConfig, config, "the corpus and tokenizer settings")
     run_settings = dict(document.get(SECTION) or {}) if isinstance(document.get(SECTION), dict) else document.get(SECTION)
     if processes is not None:
         if processes < 1:
-            fail(f"--processes: {processes} must be at least 1")
+            fail("--processes", f"{processes} must be at least 1")
         run_settings = {**(run_settings or {}), "processes": processes}
     run_config = read_section({SECTION: run_settings}, SECTION, RunConfig, config, "the model, tokens and unique_tokens of the run")
     store_root = store or Path(document.get("store") or DEFAULT_STORE)
@@ -75,14 +77,16 @@ def train_command(
 
 
 def _summarise(run_dir: Path, reused: bool) -> None:
+    from stages.record import read_record
+
     record = read_record(run_dir)
     typer.echo(f"{'reused' if reused else 'wrote'} {run_dir}")
     typer.echo(
-        f"val loss {record['val_loss']:.4f}  train loss {record['train_loss']:.4f}  "
-        f"N {format_quantity(record['params'])} ({format_quantity(record['params_non_embedding'])} non-embedding)  "
-        f"D {format_quantity(record['tokens'])}  U {format_quantity(record['unique_tokens'])}  epochs {record['epochs']:.3g}\n"
-        f"FLOPs {record['flops']:.3e} (6ND)  {record['tokens_per_s']:,.0f} tokens/s"
-        + (f"  MFU {record['mfu']:.1%}" if record["mfu"] else "")
-        + f"  {record['train_seconds']:.1f} s training, {record['world_size']} rank(s), {record['backend']}"
-        + (f"\nW&B {record['wandb_dir']}" if record["wandb_dir"] else "")
+        f"val loss {record.val_loss:.4f}  train loss {record.train_loss:.4f}  "
+        f"N {format_quantity(record.params)} ({format_quantity(record.params_non_embedding)} non-embedding)  "
+        f"D {format_quantity(record.tokens)}  U {format_quantity(record.unique_tokens)}  epochs {record.epochs:.3g}\n"
+        f"FLOPs {record.flops:.3e} (6ND)  {record.tokens_per_s:,.0f} tokens/s"
+        + (f"  MFU {record.mfu:.1%}" if record.mfu else "")
+        + f"  {record.train_seconds:.1f} s training, {record.world_size} rank(s), {record.backend}"
+        + (f"\nW&B {record.wandb_dir}" if record.wandb_dir else "")
     )

@@ -1,0 +1,73 @@
+"""`dcsl status`, `dcsl runs`: read a study back from its store (no Ray needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.cli import app, fail
+
+
+@app.command("status")
+def status_command(store: Path = typer.Argument(Path("store"), help="The store root.")) -> None:
+    """Summarise a store: steps per stage and state, failures, the latest law (no Ray needed)."""
+    from pipeline.store import State, Store
+    from pipeline.submit import job_state, jobs
+
+    if not store.is_dir():
+        fail("store", f"{str(store)!r} does not exist")
+    steps = Store(store).list_steps()
+    table = Table("stage", *(state.value for state in State))
+    for stage in sorted({info.stage for info in steps}):
+        counts = [sum(info.stage == stage and info.state is state for info in steps) for state in State]
+        table.add_row(stage, *(str(count) for count in counts))
+    Console().print(table)
+    for info in steps:
+        if info.state in (State.FAILED, State.DEP_FAILED, State.INTERRUPTED, State.RUNNING):
+            typer.echo(f"{info.state.value:<12} {info.stage}/{info.name}-{info.hash}: {info.detail}")
+    laws = sorted(store.glob("fit/*/law.json"), key=lambda path: path.stat().st_mtime)
+    if laws:
+        typer.echo(f"latest law: {laws[-1]}")
+    for job in jobs(store):
+        state = job_state(job["job_id"])
+        restarts = f", restarted {state['restarts']}x" if state.get("restarts") else ""
+        reason = f" ({state['reason']})" if state.get("reason") not in (None, "", "None") else ""
+        typer.echo(f"slurm job {job['job_id']}: {state['state']}{reason}{restarts}; log {job['log']}")
+
+
+@app.command("runs")
+def runs_command(
+    store: Path = typer.Argument(Path("store"), help="The store root."),
+    parquet: bool = typer.Option(False, "--parquet", help="Write Parquet (needs --out) instead of CSV."),
+    csv_format: bool = typer.Option(False, "--csv", help="Write CSV (the default)."),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file instead of standard output."),
+) -> None:
+    """Export the finished runs as the table `dcsl fit` reads (params, tokens, unique_tokens, val_loss, ...)."""
+    from scaling.atomic import write_atomic, write_text_atomic
+    from stages.fit import runs_csv
+    from stages.record import finished_records
+
+    if parquet and csv_format:
+        fail("--csv and --parquet", "give one of them")
+    if parquet and out is None:
+        fail("--parquet", "needs --out FILE (Parquet is binary)")
+    if not store.is_dir():
+        fail("store", f"{str(store)!r} does not exist")
+    records = finished_records(store)
+    if not records:
+        fail("store", f"{str(store)!r} holds no finished runs")
+    text = runs_csv(records)
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        table = pacsv.read_csv(pa.py_buffer(text.encode()))
+        write_atomic(out, lambda handle: pq.write_table(table, handle))
+    elif out is not None:
+        write_text_atomic(out, text)
+    else:
+        typer.echo(text, nl=False)

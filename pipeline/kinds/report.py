@@ -1,0 +1,51 @@
+"""The report kind: a fitted law and the runs -> allocation table, plots and `report.md` (`stages.report`).
+
+It needs the fit and uses every run node, finished or not, so the report names the runs that failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.graph import Outcome
+from pipeline.kinds.fit import finished_records
+from pipeline.store import Step
+from stages.artifacts import atomic_directory
+from stages.fit import RUNS
+from stages.record import RunFailure
+from stages.report import REPORT, write_report
+
+REPORT_FORMAT = 2  # in the step's config: a new layout of the report re-runs it
+
+
+@dataclass(frozen=True)
+class ReportKind:
+    """Report on a fit; the first input is the fit, the rest are the study's runs."""
+
+    stage: str = "report"
+    counted: bool = False
+
+    def key(self, spec: str, inputs: Sequence[Outcome]) -> Step | None:
+        """The report of the fit; None when the fit has no step."""
+        fit = inputs[0]
+        return Step("report", spec, {"format": REPORT_FORMAT}, [fit.step]) if fit.step is not None else None
+
+    def resources(self, spec: str) -> dict[str, float]:
+        """One CPU."""
+        return {"num_cpus": 1}
+
+    def run(self, spec: str, step: Step, out_dir: Path, inputs: Sequence[Outcome]) -> None:
+        """Copy the law and its run table beside the report, so the folder stands alone, and write it."""
+        law_path, runs = Path(inputs[0].value), inputs[1:]
+        failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
+        with atomic_directory(out_dir) as folder:
+            for name in (law_path.name, RUNS):
+                shutil.copyfile(law_path.parent / name, folder / name)
+            write_report(folder / law_path.name, finished_records(runs), failed, folder)
+
+    def result(self, spec: str, out_dir: Path) -> str:
+        """The path of `report.md`."""
+        return str(out_dir / REPORT)

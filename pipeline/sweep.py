@@ -1,0 +1,106 @@
+"""A sweep as a graph of steps, and running it: tokenize once, train + evaluate every run, fit, report.
+
+    tokenize ──needs──> train (one node per run) ──uses──> fit ──needs──> report
+                                                 └──────────uses──────────┘
+
+The graph is declared here and walked by the generic `pipeline.runner`; every step runs under the
+store's lease, so it happens at most once across every `dcsl sweep` process sharing the store, a
+finished step is skipped and an interrupted run resumes from its latest checkpoint. The corpus is
+tokenized first, so that the runs' unique budgets are checked against it before any training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from pipeline.cluster import check_fits_cluster, node_capacities
+from pipeline.config import SweepConfig, expand
+from pipeline.graph import Node
+from pipeline.kinds.fit import FitKind, FitSpec
+from pipeline.kinds.report import ReportKind
+from pipeline.kinds.tokenize import TokenizeKind
+from pipeline.kinds.train import TrainKind
+from pipeline.ray_session import start_ray
+from pipeline.runner import Progress, Runner
+from pipeline.store import State
+from stages.data import TokenData
+from stages.record import RunFailure, RunRecord
+
+
+@dataclass
+class SweepGraph:
+    """The nodes of a sweep: its corpus, one node per run (by name), the fit and the report."""
+
+    tokenize: Node
+    runs: dict[str, Node]
+    fit: Node
+    report: Node
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Every node; the runner walks them after what they read."""
+        return [self.tokenize, *self.runs.values(), self.fit, self.report]
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced: run states, the records of the runs that finished, the failures, the law."""
+
+    states: dict[str, State]
+    records: list[RunRecord] = field(default_factory=list)
+    failed: list[RunFailure] = field(default_factory=list)
+    law_path: Path | None = None
+    report_path: Path | None = None
+    fit_state: State | None = None
+
+
+def tokenize_node(sweep: SweepConfig) -> Node:
+    """The sweep's corpus."""
+    return Node(TokenizeKind(), sweep.data.name, sweep.data)
+
+
+def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, skip_invalid: bool = False,
+                skipped: list[str] | None = None, corpus: Node | None = None) -> SweepGraph:  # fmt: skip
+    """The sweep's graph (no work done): its runs are `expand(sweep, corpus_train_tokens, ...)`."""
+    corpus = corpus or tokenize_node(sweep)
+    specs = expand(sweep, corpus_train_tokens, skip_invalid=skip_invalid, skipped=skipped)
+    runs = {spec.name: Node(TrainKind(), spec.name, spec, needs=(corpus,)) for spec in specs}
+    fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit), uses=tuple(runs.values()), static=False)
+    report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit,), uses=tuple(runs.values()), static=False)
+    return SweepGraph(corpus, runs, fit, report)
+
+
+def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progress | None = None,
+              skip_invalid: bool = False, wait_nodes: int = 0) -> SweepOutcome:  # fmt: skip
+    """Run (or resume) the whole sweep and return its outcome; Ctrl-C cancels the running tasks cleanly."""
+    root = Path(sweep.store).resolve()
+    planned = expand(sweep, skip_invalid=skip_invalid)  # every check that needs no corpus, before any work
+    started_here = start_ray(address, wait_nodes)
+    try:
+        check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)
+        runner = Runner(root, progress)
+        corpus = tokenize_node(sweep)
+        data = runner.run([corpus])[id(corpus)]
+        corpus_tokens = TokenData(Path(data.value)).train_tokens if data.done else None
+        graph = sweep_graph(sweep, corpus_tokens, skip_invalid=skip_invalid, corpus=corpus)
+        outcomes = runner.run(graph.nodes)  # the corpus's outcome is known: it is not dispatched again
+        return _outcome(graph, outcomes)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _outcome(graph: SweepGraph, outcomes: dict) -> SweepOutcome:
+    runs = [outcomes[id(node)] for node in graph.runs.values()]
+    fit, report = outcomes[id(graph.fit)], outcomes[id(graph.report)]
+    return SweepOutcome(
+        states={run.name: run.state for run in runs},
+        records=sorted((run.value for run in runs if run.done), key=lambda record: record.name),
+        failed=[RunFailure(run.name, run.state.value, run.reason) for run in sorted(runs, key=lambda r: r.name) if not run.done],
+        law_path=Path(fit.value) if fit.done else None,
+        report_path=Path(report.value) if report.done else None,
+        fit_state=fit.state if fit.step is not None else None,
+    )
