@@ -44,13 +44,14 @@ from scaling.errors import InputError
 from scaling.fit import METHODS, FitSpec, fixed_to_theta
 from scaling.laws import PRESETS, preset
 from scaling.units import format_quantity, parse_quantity
-from stages.fields import Count
+from stages.fields import Count, StoreName
 from stages.shapes import ModelConfig, ModelShape
 from stages.run_config import RunConfig, WandbConfig
 from stages.tokenize import TokenizeConfig
 from stages.tokenizer import load_tokenizer
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.]*$"  # no '-': it separates the parts of a run name
+MODEL_NAME_LENGTH = 64  # with the grid point and seed, a run name stays within `stages.fields.NAME_LENGTH`
 PER_RUN_FIELDS = {"name", "model", "tokens", "unique_tokens", "seed", "wandb"}  # set by the grid, the seeds, `wandb`
 
 
@@ -102,7 +103,7 @@ class Resources(BaseModel):
 class ModelEntry(ModelConfig):
     """A named model of the sweep: a `ModelConfig`, its name, and its own train and resources settings."""
 
-    name: str = Field(..., pattern=MODEL_NAME, description="the model's name in run names")
+    name: str = Field(..., pattern=MODEL_NAME, max_length=MODEL_NAME_LENGTH, description="the model's name in run names")
     train: dict[str, Any] = Field(default_factory=dict, description="settings of `train:` this model changes")
     resources: dict[str, Any] = Field(default_factory=dict, description="settings of `resources:` this model changes")
 
@@ -167,7 +168,7 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: StoreName = Field("sweep", description="the study's name: of its fit and report steps")
     store: str = Field("store", description="the store root")
     data: TokenizeConfig
     models: list[ModelEntry] = Field(..., min_length=1)

@@ -144,7 +144,7 @@ class Runner:
         if not dispatched and not ended:
             stages = sorted({node.kind.stage for node, _ in self.running.values()})
             if stages:
-                self.progress({"status": " and ".join(stages)})
+                self.progress({"status": " and ".join(stages) + " running"})
             return
         done = sum(outcome.done for outcome in ended)
         running = sum(self.store.state(step) is State.RUNNING for node, step in self.running.values() if id(node) in counted)

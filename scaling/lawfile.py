@@ -20,6 +20,7 @@ from scaling import dcsl_version
 from scaling.bootstrap import CONFIDENCE, bootstrap, parameter_intervals
 from scaling.diagnostics import describe_fit
 from scaling.errors import InputError
+from scaling.extrapolation import fitted_range
 from scaling.fit import FitResult, FitSpec, fit
 from scaling.laws import BASE_PARAM_NAMES, Law, law_from_params, param_names
 from scaling.objective import LOGGED, R_STARS, THETA_NAMES
@@ -79,6 +80,7 @@ def law_document(result: FitResult, table: RunTable, *, base_source: str | None 
         },
         "diagnostics": diagnostics,
         "n_runs": result.n_runs,
+        "fitted_range": fitted_range(table.params, table.tokens),
         "input": {"source": table.source, "sha256": table.sha256()},
         "dcsl_version": dcsl_version(),
     }

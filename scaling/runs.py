@@ -164,13 +164,18 @@ def read_csv_runs(path: str | Path, *, loss_column: str | None = None) -> RunTab
     path = Path(path)
     if not path.is_file():
         raise InputError("runs file", f"{str(path)!r} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise InputError(str(path), "empty file (expected a header row with params, tokens, ...)")
-        header = [h.strip() for h in header]
-        numbered = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise InputError(str(path), "empty file (expected a header row with params, tokens, ...)")
+            header = [h.strip() for h in header]
+            numbered = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as err:
+        raise InputError("runs file", f"{str(path)!r} is not UTF-8 text (byte offset {err.start}); is it a CSV file?") from None
+    except csv.Error as err:
+        raise InputError("runs file", f"{str(path)!r} is not a CSV table: {err}") from None
     for line, row in numbered:
         if len(row) != len(header):
             raise InputError(f"{path} line {line}", f"{len(row)} fields, the header has {len(header)}")

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaling.errors import InputError
-from stages.fields import Count
+from stages.fields import Count, StoreName
 from stages.shapes import ModelConfig
 from stages.schedule import Schedule
 
@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the run's name in the store")
+    name: StoreName = Field("run", description="the run's name in the store")
     model: ModelConfig
     seq_len: int = Field(..., ge=2, description="tokens per training sequence (T)")
     tokens: Count = Field(..., description="D: training tokens, a multiple of seq_len")

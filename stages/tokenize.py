@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scaling.errors import InputError
 from stages.artifacts import artifact_dir, atomic_directory, file_sha256, is_complete, step_hash
 from stages.corpus import CorpusConfig, corpus_identity, load_corpus
-from stages.fields import Count
+from stages.fields import Count, StoreName
 from stages.tokenizer import TokenizerConfig, eod_id, load_tokenizer, token_dtype, train_tokenizer
 
 STAGE = "tokenize"
@@ -56,7 +56,7 @@ class TokenizeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("corpus", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the artifact's name in the store")
+    name: StoreName = Field("corpus", description="the artifact's name in the store")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     validation_tokens: Count = Field(100_000, description="tokens of the fixed validation split")

@@ -159,3 +159,24 @@ def test_console_script_exit_status():
     result = subprocess.run([DCSL, "allocate", "--flops", "x", "--unique-tokens", "1B"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: --flops")
+
+
+def test_an_answer_far_outside_the_fitted_runs_is_flagged(capsys):
+    code, stdout, stderr = run(capsys, "allocate", "--flops", "1", "--unique-tokens", "25B", "--json")
+    assert code == 0
+    record = json.loads(stdout)
+    assert record["params"] < 1 and len(record["warnings"]) == 2
+    assert record["warnings"][0].startswith("N = 0.167 is 4.26e+07x below the smallest N the law was fitted on (7.1e+06)")
+    assert stderr.count("warning: ") == 2 and "(preset c4)" in stderr
+    code, stdout, stderr = run(capsys, "predict", "--params", "7B", "--tokens", "237B", "--unique-tokens", "25B", "--json")
+    assert code == 0 and "warnings" not in json.loads(stdout) and stderr == ""  # inside the C4 runs' range
+
+
+def test_a_fitted_law_records_its_runs_range_and_predict_uses_it(capsys, tmp_path):
+    law = tmp_path / "law.json"
+    assert run(capsys, "fit", str(C4_CSV), "--base-preset", "c4", "--out", str(law))[0] == 0
+    document = json.loads(law.read_text())
+    assert document["fitted_range"] == {"params": [7098752.0, 8.67e9], "tokens": [1e8, 9e11]}
+    code, stdout, _ = run(capsys, "predict", "--law", str(law), "--params", "100B", "--tokens", "1T", "--json")
+    assert code == 0 and json.loads(stdout)["warnings"] == [
+        f"N = 1e+11 is {1e11 / 8.67e9:.3g}x above the largest N the law was fitted on (8.67e+09): an extrapolation"]

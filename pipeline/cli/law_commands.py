@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NamedTuple, Optional
 
 import numpy as np
 import typer
@@ -20,6 +20,7 @@ from scaling.allocate import (
 from scaling.atomic import write_text_atomic
 from scaling.bootstrap import percentile_interval
 from scaling.errors import InputError
+from scaling.extrapolation import PRESET_RANGES, outside_range
 from scaling.fit import FitResult, FitSpec
 from scaling.laws import PRESETS, BaseLaw, Law, preset
 from scaling.lawfile import bootstrap_samples, dumps, fit_law_document, read_law
@@ -64,15 +65,33 @@ def _parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
     return bounds
 
 
-def _choose_law(law_file: Path | None, preset_name: str | None, default: str = "c4") -> tuple[Law, dict | None, str]:
-    """The law to query: from a law.json, a preset, or the default preset; with its document and label."""
+class ChosenLaw(NamedTuple):
+    """The law a query uses: the law, its law.json document (None for a preset), a label, its runs' N and D range."""
+
+    law: Law
+    document: dict | None
+    label: str
+    fitted: dict | None
+
+
+def _choose_law(law_file: Path | None, preset_name: str | None, default: str = "c4") -> ChosenLaw:
+    """The law to query: from a law.json, a preset, or the default preset."""
     if law_file is not None and preset_name is not None:
         raise InputError("--law and --preset", "give one of them, not both")
     if law_file is not None:
         law, document = read_law(law_file)
-        return law, document, str(law_file)
+        return ChosenLaw(law, document, str(law_file), document.get("fitted_range"))
     name = preset_name or default
-    return preset(name), None, f"preset {name}"
+    return ChosenLaw(preset(name), None, f"preset {name}", PRESET_RANGES.get(name))
+
+
+def _warn_outside(chosen: ChosenLaw, record: dict) -> None:
+    """Add `warnings` to an answer whose N or D lies far outside the law's runs, and print them on stderr."""
+    warnings = outside_range(chosen.fitted, params=record["params"], tokens=record["tokens"])
+    if warnings:
+        record["warnings"] = warnings
+        for warning in warnings:
+            err.print(f"[yellow]warning:[/] {warning} ({chosen.label})", highlight=False, soft_wrap=True)
 
 
 def _fixed_base(base_preset: str | None, base_file: Path | None) -> tuple[BaseLaw | None, str | None]:
@@ -220,7 +239,8 @@ def allocate_command(
     as_json: AsJson = False,
 ) -> None:
     """Optimal model size, tokens and epochs for a compute budget under a unique-data budget."""
-    law, document, label = _choose_law(law_file, preset_name)
+    chosen = _choose_law(law_file, preset_name)
+    law, document, label = chosen.law, chosen.document, chosen.label
     unique = parse_quantity(unique_tokens, "--unique-tokens")
     if target_loss is not None:
         if flops:
@@ -235,6 +255,7 @@ def allocate_command(
     blind = repetition_blind_allocation(law, budgets, unique)
     for i, record in enumerate(records):
         record["base_law"] = {key: float(np.asarray(value)[i]) for key, value in blind.items()}
+        _warn_outside(chosen, record)
     if as_json:
         typer.echo(json.dumps(records[0] if len(records) == 1 else records, indent=2))
         return
@@ -295,15 +316,18 @@ def predict_command(
     as_json: AsJson = False,
 ) -> None:
     """Predicted loss for N parameters trained on D tokens drawn from U unique ones."""
-    law, _, label = _choose_law(law_file, preset_name)
+    chosen = _choose_law(law_file, preset_name)
+    law, label = chosen.law, chosen.label
     n = parse_quantity(params, "--params")
     d = parse_quantity(tokens, "--tokens")
     u = d if unique_tokens is None else parse_quantity(unique_tokens, "--unique-tokens")
     if u > d:
         raise InputError("--unique-tokens", f"{u:g} exceeds --tokens {d:g}; a run cannot see more unique tokens than it trains on")
-    loss = float(law.predict(n, d, u))
+    record = {"params": n, "tokens": d, "unique_tokens": u, "epochs": d / u, "loss": float(law.predict(n, d, u))}
+    _warn_outside(chosen, record)
+    loss = record["loss"]
     if as_json:
-        typer.echo(json.dumps({"params": n, "tokens": d, "unique_tokens": u, "epochs": d / u, "loss": loss}, indent=2))
+        typer.echo(json.dumps(record, indent=2))
     else:
         out.print(f"L(N={format_quantity(n)}, D={format_quantity(d)}, U={format_quantity(u)}) = {loss:.6f} ({label})")
 
@@ -318,7 +342,7 @@ def epochs_command(
     as_json: AsJson = False,
 ) -> None:
     """Epochs over U unique tokens after which an N-parameter model stops gaining (within a tolerance)."""
-    law, _, label = _choose_law(law_file, preset_name)
+    law, _, label, _ = _choose_law(law_file, preset_name)
     n = parse_quantity(params, "--params")
     u = parse_quantity(unique_tokens, "--unique-tokens")
     result = {key: float(value) for key, value in saturation_epochs(law, n, u, tolerance).items()}

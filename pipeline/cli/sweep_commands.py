@@ -96,15 +96,13 @@ def _interrupt(signum: int, frame) -> None:
 
 
 def _copy_report(source: Path, destination: Path) -> None:
-    """Copy every file of the report folder, each written to a temporary name and renamed into place."""
-    destination.mkdir(parents=True, exist_ok=True)
+    """Copy every file of the report folder, each written atomically."""
+    from scaling.atomic import copy_file_atomic
     from stages.artifacts import SUCCESS
 
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name != SUCCESS:
-            temporary = destination / f".{path.name}.tmp"
-            shutil.copyfile(path, temporary)
-            temporary.replace(destination / path.name)
+            copy_file_atomic(path, destination / path.name)
 
 
 def _explain(sweep, skip_invalid: bool) -> None:
