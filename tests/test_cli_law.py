@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,10 +57,36 @@ def test_fit_json_is_exactly_law_json(capsys, tmp_path):
 def test_fit_summary_and_base_from_previous_fit(capsys, tmp_path):
     base = tmp_path / "base.json"
     assert run(capsys, "fit", str(C4_CSV), "--law", "base", "--tie-exponents", "--out", str(base))[0] == 0
-    code, stdout, _ = run(capsys, "fit", str(C4_CSV), "--base", str(base), "--fix", "rn_star=5")
+    base_doc = json.loads(base.read_text())
+    assert base_doc["params"]["alpha"] == base_doc["params"]["beta"] and base_doc["tied"] == ["alpha", "beta"]
+    law = tmp_path / "law.json"
+    code, stdout, _ = run(capsys, "fit", str(C4_CSV), "--base", str(base), "--fix", "rn_star=5", "--out", str(law))
     assert code == 0
     assert "repetition" in stdout and "182 runs" in stdout and "rd_star" in stdout and "Huber objective" in stdout
     assert "extrapolation: fit on" in stdout
+    assert re.search(r"rn_star\s.*5\s.*fixed", stdout)
+    doc = json.loads(law.read_text())
+    assert doc["params"]["rn_star"] == 5.0 and "rn_star" in doc["fixed"] and doc["base_source"] == str(base)
+    assert all(doc["params"][name] == base_doc["params"][name] for name in ("E", "A", "B", "alpha", "beta"))
+
+
+def test_a_parameter_on_its_bound_is_flagged_in_the_summary_and_the_law(capsys, tmp_path):
+    law = tmp_path / "law.json"
+    code, stdout, stderr = run(capsys, "fit", str(C4_CSV), "--base-preset", "c4", "--bound", "rd_star=0.5:3",
+                               "--out", str(law))
+    assert code == 0
+    doc = json.loads(law.read_text())
+    assert doc["params"]["rd_star"] == pytest.approx(3.0) and "rd_star" in doc["at_bounds"]
+    assert re.search(r"rd_star\s.*on bound", stdout)
+    assert f"warning: {', '.join(doc['at_bounds'])} ended on the search bound; widen it with --bound NAME=LOW:HIGH" in stderr
+
+
+def test_extrapolate_above_sets_the_leave_out_threshold(capsys, tmp_path, c4_runs):
+    code, stdout, _ = run(capsys, "fit", str(C4_CSV), "--base-preset", "c4", "--extrapolate-above", "1e20", "--json")
+    check = json.loads(stdout)["diagnostics"]["extrapolation"]
+    assert code == 0 and check["threshold_flops"] == 1e20
+    flops = 6 * c4_runs.params * c4_runs.tokens
+    assert (check["n_fit"], check["n_held_out"]) == (int((flops <= 1e20).sum()), int((flops > 1e20).sum()))
 
 
 def test_fit_reads_the_finished_runs_of_a_store(capsys, tmp_path, c4_runs):
@@ -86,7 +113,7 @@ def test_allocate_json_and_table(capsys, tmp_path):
     assert answer["base_law"]["params"] == pytest.approx(9.218e9, rel=1e-3)
     code, stdout, _ = run(capsys, "allocate", "--flops", "1e21", "--flops", "1.5e22", "--unique-tokens", "25e9", "--json")
     rows = json.loads(stdout)
-    assert [r["flops"] for r in rows] == [1e21, 1.5e22]
+    assert code == 0 and [r["flops"] for r in rows] == [1e21, 1.5e22]
     assert run(capsys, "allocate", "--flops", "1e21,1.5e22", "--unique-tokens", "25e9", "--json")[1] == stdout
     code, stdout, _ = run(capsys, "allocate", "--flops", "1e21", "--flops", "1e22", "--unique-tokens", "25B")
     assert code == 0 and "1e+21" in stdout and "1e+22" in stdout and "7.026B" in stdout
@@ -94,12 +121,13 @@ def test_allocate_json_and_table(capsys, tmp_path):
 
 def test_allocate_with_bootstrap_law_shows_intervals(capsys, tmp_path):
     law = tmp_path / "law.json"
-    run(capsys, "fit", str(C4_CSV), "--base-preset", "c4", "--bootstrap", "40", "--out", str(law))
+    assert run(capsys, "fit", str(C4_CSV), "--base-preset", "c4", "--bootstrap", "40", "--out", str(law))[0] == 0
     code, stdout, _ = run(capsys, "allocate", "--law", str(law), "--flops", "1e22", "--unique-tokens", "25B", "--json")
     answer = json.loads(stdout)
+    assert code == 0
     for key in ("params", "tokens", "epochs", "loss"):
         lo, hi = answer["intervals"][key]
-        assert lo <= answer[key] <= hi
+        assert lo < answer[key] < hi and hi / lo > 1.0001, key  # a real spread around the point estimate
 
 
 def test_target_loss_predict_and_epochs(capsys):

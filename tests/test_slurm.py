@@ -39,17 +39,20 @@ def _dcsl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 # ---- the rendered script, with stand-in commands -------------------------------------------------
 
 STUB = """#!/bin/bash
-# stand-in for {name}: log the call as one line (fields split by \\x1f, one write), then behave as the script expects
+# stand-in for {name}: its TERM handler first (a test that sees the call logged may signal it at once), then log
+# the call as one line (fields split by \\x1f, one write), then behave as the script expects
+case "{name}" in
+  dcsl) trap 'echo dcsl-got-TERM >> "{log}"; exit 130' TERM ;;
+  ray|srun) trap 'exit 0' TERM ;;
+esac
 line=$(printf '%s\\x1f' "{name}" "$@")
 printf '%s\\n' "$line" >> "{log}"
 case "{name}" in
-  ray) trap 'exit 0' TERM; while true; do sleep 0.1; done ;;
-  dcsl) trap 'echo dcsl-got-TERM >> "{log}"; exit 130' TERM
-        for call in {wait_for}; do  # until those calls are logged
+  ray|srun) while true; do sleep 0.1; done ;;
+  dcsl) for call in {wait_for}; do  # until those calls are logged
           for _ in $(seq 200); do grep -q "^$call" "{log}" && break; sleep 0.1; done
         done
         for _ in $(seq {dcsl_seconds}0); do sleep 0.1; done ;;
-  srun) trap 'exit 0' TERM; while true; do sleep 0.1; done ;;
 esac
 """
 
@@ -105,7 +108,6 @@ def test_every_string_option_is_quoted_so_nothing_is_injected(tmp_path, payload)
         options = JobOptions(partition=value, account=value, extra_sbatch=f"--comment={shlex.quote(value)}")
     script, store, bin_dir = _render(tmp_path, options, name=value.replace("/", "_"))
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    _shellcheck(script)
     process = _run_script(script, tmp_path, bin_dir)
     assert process.returncode == 0, process.stdout.read()
     assert not pwned.exists()
@@ -116,9 +118,15 @@ def test_every_string_option_is_quoted_so_nothing_is_injected(tmp_path, payload)
         assert f'#SBATCH --partition="{value}"' in script.read_text() or f"#SBATCH --partition={value}" in script.read_text()
 
 
-def _shellcheck(script: Path) -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (.ci/run installs it)")
+IN_CI = os.environ.get("CI") == "true"  # CI installs shellcheck and starts SLURM: there, missing ones fail
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None and not IN_CI, reason="shellcheck is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("options", [JobOptions(nodes=3, gpus_per_node=4, cpus_per_node=16), JobOptions(time="1:00:00"),
+                                     *(JobOptions(partition=p.format(pwned="/tmp/x"), account=p.format(pwned="/tmp/x"))
+                                       for p in PAYLOADS if '"' not in p)], ids=lambda o: str(o.nodes) + (o.partition or ""))
+def test_rendered_scripts_pass_shellcheck(tmp_path, options):
+    script, _, _ = _render(tmp_path, options)
     result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
@@ -129,7 +137,6 @@ def test_the_script_starts_a_head_workers_on_other_nodes_and_the_driver(tmp_path
     for line in ("#SBATCH --nodes=3", "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=16", "#SBATCH --requeue",
                  "#SBATCH --signal=B:USR1@300", "#SBATCH --ntasks-per-node=1"):  # fmt: skip
         assert line in text.splitlines(), line
-    _shellcheck(script)
     assert _run_script(script, tmp_path, bin_dir, nodes=3).returncode == 0
     calls = {call[0]: call[1:] for call in _calls(tmp_path)}
     host = socket.gethostname()
@@ -215,7 +222,12 @@ def _slurm_up() -> bool:
     return result.returncode == 0 and any(state.strip() in ("idle", "mix", "alloc") for state in result.stdout.splitlines())
 
 
-slurm = pytest.mark.skipif(not _slurm_up(), reason="no SLURM daemons here (.ci/run starts them with slurm/local_cluster.sh)")
+slurm = pytest.mark.skipif(not _slurm_up() and not IN_CI, reason="no SLURM daemons here (.ci/run starts them with slurm/local_cluster.sh)")
+
+
+@pytest.mark.skipif(not IN_CI, reason="outside CI a machine may have no SLURM")
+def test_ci_has_a_running_slurm():
+    assert _slurm_up(), "CI=true but no SLURM daemon answers sinfo: .ci/run must start slurm/local_cluster.sh"
 
 
 def _submit(store: Path, *extra: str) -> str:

@@ -67,14 +67,15 @@ def _race(root: str, count: int, counts: str, barrier, seed: int, mode: str) -> 
                     work()
 
 
-def _hold(root: str, step: Step, host: str, timeout: float, started: str, hold: float) -> None:
+def _hold(root: str, step: Step, host: str, timeout: float, started: str, release: str) -> None:
+    """Claim the step, say so in `started`, and hold it (heartbeats on) until `release` exists."""
     store = Store(root, host=host, lease_timeout=timeout, heartbeat_interval=0.05)
     with store.claim(step) as lease:
         assert lease is not None
         store.step_dir(step).mkdir(parents=True, exist_ok=True)
         (store.step_dir(step) / "checkpoint-10.pt").write_text("weights")
         Path(started).write_text(str(os.getpid()))
-        time.sleep(hold)
+        _wait_for(Path(release), seconds=300.0)
 
 
 def _contend(root: str, step: Step, timeout: float, winners: str, barrier) -> None:
@@ -154,7 +155,7 @@ def test_processes_racing_on_one_store_run_each_step_exactly_once(tmp_path, mode
 
 def test_lease_of_a_killed_process_on_this_host_is_taken_over_at_once_by_exactly_one(tmp_path):
     root, step = tmp_path / "store", _steps(1)[0]
-    holder = _start(_hold, str(root), step, socket.gethostname(), 60.0, str(tmp_path / "started"), 60.0)
+    holder = _start(_hold, str(root), step, socket.gethostname(), 60.0, str(tmp_path / "started"), str(tmp_path / "never"))
     _wait_for(tmp_path / "started")
     store = Store(root, lease_timeout=60.0)
     assert store.state(step) is State.RUNNING
@@ -170,8 +171,8 @@ def test_lease_of_a_killed_process_on_this_host_is_taken_over_at_once_by_exactly
 
 
 def test_lease_from_another_host_is_taken_over_only_when_its_heartbeat_is_old(tmp_path):
-    root, step, timeout = tmp_path / "store", _steps(1)[0], 1.2
-    holder = _start(_hold, str(root), step, OTHER_HOST, timeout, str(tmp_path / "started"), 60.0)
+    root, step, timeout = tmp_path / "store", _steps(1)[0], 3.0
+    holder = _start(_hold, str(root), step, OTHER_HOST, timeout, str(tmp_path / "started"), str(tmp_path / "never"))
     _wait_for(tmp_path / "started")
     holder.kill()
     holder.join()
@@ -194,32 +195,35 @@ def test_lease_from_another_host_is_taken_over_only_when_its_heartbeat_is_old(tm
 
 
 def test_heartbeats_keep_a_live_lease_from_being_taken(tmp_path):
-    root, step, timeout = tmp_path / "store", _steps(1)[0], 0.8  # 16 heartbeats (every 0.05 s) per timeout
-    holder = _start(_hold, str(root), step, OTHER_HOST, timeout, str(tmp_path / "started"), 2.4)
+    root, step, timeout = tmp_path / "store", _steps(1)[0], 2.0  # 40 heartbeats (every 0.05 s) per timeout
+    holder = _start(_hold, str(root), step, OTHER_HOST, timeout, str(tmp_path / "started"), str(tmp_path / "release"))
     _wait_for(tmp_path / "started")
     store = Store(root, lease_timeout=timeout)
     attempts = []
-    deadline = time.time() + 2.5 * timeout
+    deadline = time.time() + 2.5 * timeout  # the lease outlives its timeout two and a half times over
     while time.time() < deadline:
         with store.claim(step) as lease:
             attempts.append(lease)
         time.sleep(0.05)
+    (tmp_path / "release").write_text("")
     assert len(attempts) > 10 and attempts == [None] * len(attempts)
-    holder.join(20)
+    holder.join(60)
     assert holder.exitcode == 0 and store.state(step) is State.DONE
     assert store.record(step)["attempt"] == 1
 
 
 def test_a_lease_without_heartbeats_goes_stale_and_its_holder_learns_it_lost(tmp_path):
     step = _steps(1)[0]
-    slow, fast = Store(tmp_path, lease_timeout=0.3), Store(tmp_path, lease_timeout=0.3)
+    slow, fast = Store(tmp_path, lease_timeout=2.0), Store(tmp_path, lease_timeout=2.0)
     with slow.claim(step, heartbeat=False) as first:
         for _ in range(4):  # explicit beats keep it
             time.sleep(0.1)
             assert first.beat()
             with fast.claim(step) as nobody:
                 assert nobody is None
-        time.sleep(0.45)  # no beat for longer than the timeout: stale although this process lives
+        last_beat = first.heartbeat
+        while time.time() - last_beat <= 2.0:  # no beat for longer than the timeout: stale although this process lives
+            time.sleep(0.05)
         assert slow.state(step) is State.INTERRUPTED
         with fast.claim(step) as second:
             assert second is not None and second.generation == first.generation + 1

@@ -166,7 +166,7 @@ def fit_command(
     threshold = None if extrapolate_above is None else parse_quantity(extrapolate_above, "--extrapolate-above")
     table = _read_table(runs, loss_column, wandb_project, filters, wandb_key)
     for warning in table.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with err.status("fitting", spinner="dots") as status:
         result, document = fit_law_document(table, spec, resamples=bootstrap_resamples, seed=seed,
                                             extrapolate_above=threshold, base_source=base_source,
@@ -210,7 +210,7 @@ def _print_fit_summary(result: FitResult, document: dict, out_path: Path | None)
                   f"mean |relative error| {100 * ex['mean_abs_relative_error']:.2f}%")
     if document["at_bounds"]:
         err.print(f"[yellow]warning:[/] {', '.join(document['at_bounds'])} ended on the search bound; "
-                  f"widen it with --bound NAME=LOW:HIGH", highlight=False)
+                  f"widen it with --bound NAME=LOW:HIGH", highlight=False, soft_wrap=True)
     if out_path is not None:
         out.print(f"wrote {out_path}")
 
