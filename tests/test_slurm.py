@@ -230,8 +230,8 @@ def test_ci_has_a_running_slurm():
     assert _slurm_up(), "CI=true but no SLURM daemon answers sinfo: .ci/run must start slurm/local_cluster.sh"
 
 
-def _submit(store: Path, *extra: str) -> str:
-    result = _dcsl("submit", str(CI_SWEEP), "--store", str(store), "--cpus-per-node", str(os.cpu_count()), *extra)
+def _submit(store: Path, *extra: str, sweep: Path = CI_SWEEP) -> str:
+    result = _dcsl("submit", str(sweep), "--store", str(store), "--cpus-per-node", str(os.cpu_count()), *extra)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()[2].rstrip(":")  # "submitted job <id>: ..."
 
@@ -282,8 +282,10 @@ def test_a_submitted_sweep_fits_its_law_from_the_store(submitted):
 
 @slurm
 def test_a_requeue_mid_sweep_resumes_without_rerunning_finished_steps(submitted, tmp_path):
-    store = tmp_path / "store"
-    job = _submit(store)
+    store, sweep = tmp_path / "store", tmp_path / "sweep.yaml"
+    shutil.copyfile(CI_SWEEP, sweep)
+    job = _submit(store, sweep=sweep)
+    sweep.write_text("not: [a sweep\n")  # the job, and its requeued start, run the copy made at submission
     _wait_for(lambda: len(_finished(store)) >= 3, 300, "three finished runs")
     before = _finished(store)
     assert subprocess.run(["scontrol", "requeue", job]).returncode == 0
