@@ -1,26 +1,41 @@
-"""Checkpoints of a training run: written atomically, found again on restart, old ones pruned.
+"""Checkpoints of a training run: written atomically, checked on restart, the previous one kept.
 
 `<run>/checkpoints/step-00000040/` holds the backend's model and optimiser state, every rank's RNG
-states and `state.json` (the step, and everything else the loop needs to go on). It is built as
-`.tmp-step-00000040` by all ranks and renamed into place by rank 0 once all have written, so a
-restart only ever sees whole checkpoints. The sampler needs nothing beyond the step: any step's
-batch is computed from the seed alone.
+states and `state.json` (the step, everything else the loop needs to go on, and the size and
+SHA-256 of every other file of the checkpoint). It is built as `.tmp-step-00000040` by all ranks;
+rank 0 writes `state.json` last and renames the folder into place once all have written, so a
+restart only ever sees whole checkpoints. At least the newest two are kept: a restart resumes from
+the newest one whose files all match `state.json`, falls back to the one before when the newest is
+damaged (a file missing, truncated or changed), and starts over when none is whole; each skipped
+checkpoint is named in a warning (`resume_point`). The sampler needs nothing beyond the step: any
+step's batch is computed from the seed alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from scaling.atomic import write_text_atomic
 from stages.distributed import Ranks, barrier
 
 FOLDER = "checkpoints"
 STATE = "state.json"
+KEPT_AT_LEAST = 2  # the newest and the one before it: a fallback when the newest is damaged
+
+
+class ResumePoint(NamedTuple):
+    """Where a run resumes: the newest whole checkpoint (None: from the start) and the damaged ones skipped."""
+
+    folder: Path | None
+    skipped: list[str]
 
 
 def _name(step: int) -> str:
@@ -35,10 +50,49 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE).is_file())
 
 
+def resume_point(run_dir: Path) -> ResumePoint:
+    """The newest checkpoint whose files all match its `state.json`, and why each newer one was skipped."""
+    skipped = []
+    for folder in reversed(checkpoints(run_dir)):
+        problem = damage(folder)
+        if problem is None:
+            return ResumePoint(folder, skipped)
+        skipped.append(f"checkpoint {folder.name} is damaged ({problem}); skipped")
+    return ResumePoint(None, skipped)
+
+
 def latest(run_dir: Path) -> Path | None:
-    """The newest finished checkpoint, or None."""
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
+    """The checkpoint a restart resumes from (see `resume_point`), or None."""
+    return resume_point(run_dir).folder
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint (unreadable state, a file missing or not as recorded), or None when whole."""
+    try:
+        recorded = json.loads((folder / STATE).read_text()).get("files", {})  # none recorded: written before checks
+    except (OSError, ValueError, AttributeError) as err:
+        return f"{STATE} unreadable: {type(err).__name__}"
+    for name, expected in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            return f"{name} is not as written"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(work: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file under `work` (what `state.json` records)."""
+    return {str(p.relative_to(work)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(work.rglob("*")) if p.is_file() and p.name != STATE}  # fmt: skip
 
 
 def _rng_state() -> dict:
@@ -57,7 +111,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int) -> Path:
-    """Write the checkpoint after `step` (all ranks call this) and keep only the newest `keep`."""
+    """Write the checkpoint after `step` (all ranks call this) and keep the newest `keep` (at least two)."""
     folder = Path(run_dir) / FOLDER
     final, work = folder / _name(step), folder / f".tmp-{_name(step)}"
     if ranks.is_main:
@@ -68,10 +122,11 @@ def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int)
     torch.save(_rng_state(), work / f"rng-{ranks.rank}.pt")
     barrier()
     if ranks.is_main:
-        (work / STATE).write_text(json.dumps({**state, "step": step, "world": ranks.world}, indent=2) + "\n")
+        record = {**state, "step": step, "world": ranks.world, "files": _files(work)}
+        write_text_atomic(work / STATE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         work.rename(final)
-        for old in checkpoints(run_dir)[:-keep]:
+        for old in checkpoints(run_dir)[: -max(keep, KEPT_AT_LEAST)]:
             shutil.rmtree(old)
     barrier()
     return final

@@ -70,7 +70,9 @@ class RunConfig(BaseModel):
     seed: int = Field(0, description="seed of the initialisation and of the epoch permutations")
     processes: int = Field(1, ge=1, le=1024, description="ranks `train` launches on this machine (torchrun, Ray set their own)")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
-    keep_checkpoints: int = Field(1, ge=1, description="how many of the latest checkpoints to keep")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="how many of the latest checkpoints to keep; at least 2 are (a damaged newest one falls back to the one before)"
+    )
     log_every: int = Field(1, ge=1, description="steps between metric lines (and divergence checks)")
     eval_tokens: Count | None = Field(None, description="use the first eval_tokens validation tokens; default: all")
     eval_batch_size: int = Field(16, ge=1, description="sequences per rank per evaluation forward pass")

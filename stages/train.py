@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,8 +125,11 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
     model = Transformer(shape).to(ranks.device)
     engine = make_engine(model, config, ranks, micro_steps, micro_batch, token_losses)
 
-    resume = checkpoint.latest(run_dir)
+    resume, skipped = checkpoint.resume_point(run_dir)
+    for note in skipped:
+        warnings.warn(f"{run_dir.name}: {note}", stacklevel=1)
     state = checkpoint.load(resume, engine, ranks) if resume else {"step": 0, "train_seconds": 0.0, "resumed_at": []}
+    notes = [*state.get("notes", []), *skipped]
     start_step = state["step"]
     resumed_at = [*state["resumed_at"], start_step] if resume else []
 
@@ -187,12 +191,12 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
             if progress:
                 progress(record, sampler.num_steps)
         if checkpoint_now:
-            extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss}
+            extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss, "notes": notes}
             checkpoint.save(run_dir, done, extra, engine, ranks, config.keep_checkpoints)
             window_start = time.perf_counter()
 
     if start_step < sampler.num_steps or resume is None:
-        extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss}
+        extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss, "notes": notes}
         checkpoint.save(run_dir, sampler.num_steps, extra, engine, ranks, config.keep_checkpoints)
 
     validation = data.validation()[: config.eval_tokens]
@@ -234,6 +238,7 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
         host=socket.gethostname(),
         resumed_at=resumed_at,
         wandb_dir=mirror.directory if mirror else None,
+        notes=notes,
     )
     if mirror:
         mirror.finish(record.model_dump(mode="json"))

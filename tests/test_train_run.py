@@ -8,6 +8,7 @@ an in-process run, a subprocess and each torchrun rank do the same float operati
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -347,3 +348,42 @@ def test_checkpoints_land_every_checkpoint_every_steps_whatever_log_every(data, 
     # every log_every-th step, and the checkpoint's step too (the checkpoint keeps its loss)
     assert [m["step"] for m in read_metrics(run_dir)] == [4, 8, 10, 12, 16, 20]
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000010", "step-00000020"]
+
+
+# --- damaged checkpoints -------------------------------------------------------------------------
+
+
+def _unfinished_copy(main_run: Path, data: TokenData, store: Path, name: str) -> tuple[RunConfig, Path]:
+    """MAIN under another name, its directory a copy of the finished main run without SUCCESS and record:
+    a run killed after its last checkpoint, whose numbers must equal the main run's."""
+    config = RunConfig.model_validate({**MAIN, "name": name, "wandb": {"mode": "disabled"}})
+    run_dir = run_path(config, data.path, store)
+    shutil.copytree(main_run, run_dir, ignore=shutil.ignore_patterns("wandb"))
+    (run_dir / SUCCESS).unlink()
+    (run_dir / RECORD).unlink()
+    return config, run_dir
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(main_run, data, store):
+    config, run_dir = _unfinished_copy(main_run, data, store, "damaged-newest")
+    engine = run_dir / FOLDER / f"step-{MAIN_STEPS:08d}" / "engine.pt"
+    engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])  # truncated by a full disk, say
+    with pytest.warns(UserWarning, match="checkpoint step-00000080 is damaged"):
+        train(config, data.path, store)
+    record, reference = read_record(run_dir), read_record(main_run)
+    assert record.resumed_at == [70] and record.notes == ["checkpoint step-00000080 is damaged (engine.pt is not as written); skipped"]
+    assert abs(record.val_loss - reference.val_loss) < 1e-6 and abs(record.train_loss - reference.train_loss) < 1e-6
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_starts_over(main_run, data, store):
+    config, run_dir = _unfinished_copy(main_run, data, store, "damaged-all")
+    (run_dir / FOLDER / f"step-{MAIN_STEPS:08d}" / "engine.pt").unlink()
+    state = run_dir / FOLDER / "step-00000070" / "state.json"
+    state.write_text(state.read_text()[:25])
+    with pytest.warns(UserWarning, match="damaged"):
+        train(config, data.path, store)
+    record, reference = read_record(run_dir), read_record(main_run)
+    assert record.resumed_at == [] and len(record.notes) == 2
+    assert record.notes[0] == "checkpoint step-00000080 is damaged (engine.pt is missing); skipped"
+    assert record.notes[1].startswith("checkpoint step-00000070 is damaged (state.json unreadable")
+    assert abs(record.val_loss - reference.val_loss) < 1e-6
