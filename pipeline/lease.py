@@ -9,8 +9,12 @@ Leases use only atomic creation of a name (a fully written temporary file hard-l
 `lease.G`, the link count checked as open(2) advises for NFS), never flock, so they hold on shared
 filesystems. Claim G+1 can only be made by one process; it is made only when claim G is released
 or stale: its heartbeat is older than `lease_timeout`, or its process is gone (checked only on the
-same host, boot and pid namespace). A holder that finds a claim newer than its own has lost the
-lease (`Lease.lost`).
+same host, boot and pid namespace). A claim file that is not one this code writes (garbage, an
+empty or hand-edited file) is stale at once. A holder that finds a claim newer than its own has
+lost the lease (`Lease.lost`).
+
+A claim that can't be written (the folder is a file, the disk is full, the filesystem read-only)
+raises its OSError: only "that claim exists already" means another process holds the step.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 _LEASE = re.compile(r"^lease\.(\d+)$")
+_CLAIM_FIELDS = {"owner": str, "host": str, "pid": int}
 
 
 class LeaseInfo(NamedTuple):
@@ -112,13 +117,10 @@ class Lease:
 def acquire(leases: Path, step_id: str, host: str, lease_timeout: float) -> Lease | None:
     """Make the next claim in the folder `leases` (created if missing) for this process.
 
-    None when a live claim holds the step, another process made the same claim first, or the
-    folder can't be written.
+    None when a live claim holds the step or another process made the same claim first; the OSError
+    when the folder or the claim can't be written.
     """
-    try:
-        leases.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
+    leases.mkdir(parents=True, exist_ok=True)
     current = current_lease(leases, host, lease_timeout)
     if current is not None and current.live:
         return None
@@ -135,10 +137,7 @@ def acquire(leases: Path, step_id: str, host: str, lease_timeout: float) -> Leas
         "started": time.time(),
     }
     path = leases / f"lease.{generation}"
-    try:
-        won = _create_file(path, json.dumps(content, indent=2) + "\n")
-    except OSError:
-        return None
+    won = _create_file(path, json.dumps(content, indent=2) + "\n")
     return Lease(path, generation, content) if won else None
 
 
@@ -159,12 +158,10 @@ def current_lease(leases: Path, host: str, lease_timeout: float) -> LeaseInfo | 
             text = handle.read()
     except OSError:  # vanished or unreadable for a moment: treat it as held; a later look decides
         return LeaseInfo(generation, "?", "?", -1, None, time.time(), time.time(), False, True)
-    try:
-        content = json.loads(text)
-    except ValueError:
-        content = {}  # never written by us (we link complete files); its heartbeat alone decides
+    content = _claim_content(text)
     released = f"released.{generation}" in names or (leases / f"released.{generation}").exists()
-    live = not released and _alive(content, heartbeat, host, lease_timeout)
+    live = not released and content is not None and _alive(content, heartbeat, host, lease_timeout)
+    content = content or {}
     return LeaseInfo(generation, content.get("owner", "?"), content.get("host", "?"), int(content.get("pid", -1)),
                      content.get("slurm_job_id"), float(content.get("started", 0.0)), heartbeat, released, live)  # fmt: skip
 
@@ -173,6 +170,19 @@ def mark_released(leases: Path, generation: int) -> None:
     """Mark claim `generation` in the folder `leases` ended (a no-op when it already is)."""
     with suppress(FileExistsError):
         _create_file(leases / f"released.{generation}", "")
+
+
+def _claim_content(text: str) -> dict | None:
+    """The content of a claim file this code wrote (a JSON object with owner, host and pid); None for anything else.
+
+    We link only complete files, so anything else was never a claim of ours: it holds nothing.
+    """
+    try:
+        content = json.loads(text)
+    except ValueError:
+        return None
+    ours = isinstance(content, dict) and all(isinstance(content.get(key), kind) for key, kind in _CLAIM_FIELDS.items())
+    return content if ours else None
 
 
 def _alive(content: dict, heartbeat: float, host: str, lease_timeout: float) -> bool:
@@ -189,21 +199,23 @@ def _create_file(path: Path, text: str) -> bool:
 
     The text goes to a unique temporary file first, which is then hard-linked to `path`: the name
     appears atomically with its full content. A link that reports an error (an NFS retry) may still
-    have succeeded, so the temporary file's link count decides.
+    have succeeded, so the temporary file's link count decides; any other failure to write raises.
     """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "x", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
+        with open(tmp, "x", encoding="utf-8") as handle:  # a full disk fails here: the half-written file goes too
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
             os.link(tmp, path)
             return True
-        except FileExistsError:
-            return False
-        except OSError:
-            return os.stat(tmp).st_nlink == 2
+        except OSError as error:
+            if os.stat(tmp).st_nlink == 2:  # linked after all (a retried NFS call reports an error)
+                return True
+            if isinstance(error, FileExistsError):
+                return False
+            raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -9,9 +9,11 @@ For each node, once every input has an outcome:
   stale one taken over, an exception recorded as FAILED with its traceback.
 
 Ray retries a task whose worker died (`RETRIES` times); after that the step is recorded FAILED
-("worker died ...; out of memory?") and the rest goes on. Ctrl-C cancels the running tasks (their
-steps are marked INTERRUPTED by the store) and propagates. Progress counts the nodes of kinds marked
-`counted` (the runs of a study), only those of this graph.
+("worker died ...; out of memory?") and the rest goes on. A task that raises (the store could not
+be written: a full disk, a read-only filesystem) is FAILED with its error the same way; where the
+store can't take the marker either, the outcome still carries the cause. Ctrl-C cancels the running
+tasks (their steps are marked INTERRUPTED by the store) and propagates. Progress counts the nodes
+of kinds marked `counted` (the runs of a study), only those of this graph.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ RETRIES = 2
 INJECT_ENV = "DCSL_INJECT_FAILURE"  # comma-separated node names whose work raises instead of running (tests, drills)
 
 Progress = Callable[[dict], None]
-"""progress(counts): counts has done, failed, running, pending, total and eta_seconds (or None) over the
-counted nodes; before the first counted node starts, {"status": what runs}."""
+"""progress(counts): counts has done, failed, running, pending, total and eta_seconds over the counted
+nodes; before the first counted node starts, {"status": what runs}. The counts are never negative and
+add up to total; eta_seconds is positive, or None until a step finished here (steps found done say
+nothing about the pace) and once none are left."""
 
 
 @ray.remote(max_retries=RETRIES)
@@ -99,8 +103,8 @@ class Runner:
         elif unfinished:
             failed = unfinished[0]
             reason = f"{failed.stage} is {failed.state.value}"
-            self.store.mark_dep_failed(step, failed.step or failed.name, reason)
-            self._set(node, State.DEP_FAILED, step, reason=f"input {failed.stage}/{failed.name}: {reason}")
+            unrecorded = _unrecorded(self.store.mark_dep_failed, step, failed.step or failed.name, reason)
+            self._set(node, State.DEP_FAILED, step, reason=f"input {failed.stage}/{failed.name}: {reason}{unrecorded}")
         elif self.store.is_done(step):
             self._set(node, State.DONE, step, node.kind.result(node.spec, self.store.step_dir(step)), counted_here=False)
         else:
@@ -117,8 +121,8 @@ class Runner:
             raise KeyboardInterrupt("cancelled") from None
         except ray.exceptions.RayError as error:
             message = _crash_message(error)
-            self.store.mark_failed(step, type(error).__name__, message)
-            self._set(node, State.FAILED, step, reason=message)
+            unrecorded = _unrecorded(self.store.mark_failed, step, type(error).__name__, message)
+            self._set(node, State.FAILED, step, reason=message + unrecorded)
             return
         self._set(node, state, step, value, reason=self.reason(step) if state is not State.DONE else "")
 
@@ -154,8 +158,17 @@ class Runner:
         left = total - len(ended)
         self.progress({
             "done": done, "failed": len(ended) - done, "running": running, "pending": max(0, left - running),
-            "total": total, "eta_seconds": left / rate if rate else None,
+            "total": total, "eta_seconds": left / rate if rate and left else None,
         })  # fmt: skip
+
+
+def _unrecorded(mark: Callable[..., None], *args: Any) -> str:
+    """Write a marker into the store: "" when written, else why not (the outcome keeps the cause; the sweep goes on)."""
+    try:
+        mark(*args)
+    except OSError as error:
+        return f" (not recorded in the store: {error})"
+    return ""
 
 
 def _crash_message(error: Exception) -> str:

@@ -22,7 +22,9 @@ Use, inside whatever process does the work (a Ray task, a plain loop):
 
     state = store.run(step, lambda: train(config, data_path, store.root))   # DONE / FAILED / ...
 
-or, spelled out, `with store.claim(step) as lease:` and work only when `lease` is not None.
+or, spelled out, `with store.claim(step) as lease:` and work only when `lease` is not None. Another
+process's claim is waited for; a store that can't be written raises its OSError (`check_writable`
+finds that out before any work).
 `store.explain(step)` says whether a sweep runs a step, and why (`pipeline.explain`).
 
 The step types (`Step`, `State`, `StepInfo`, `Decision`) and `LeaseInfo` are re-exported here.
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -179,6 +182,15 @@ class Store:
             interrupted.append(f"{records.parent.parent.name}/{records.name}")
         return interrupted
 
+    def check_writable(self) -> None:
+        """Create the root if missing and write and remove a probe file in it; the OSError when that fails."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".probe-{uuid.uuid4().hex}"
+        try:
+            write_text_atomic(probe, "dcsl\n")
+        finally:
+            probe.unlink(missing_ok=True)
+
     # -- markers ----------------------------------------------------------------------------------
 
     def mark_dep_failed(self, step: Step, failed_input: Step | str, reason: str = "") -> None:
@@ -271,7 +283,9 @@ class Store:
         re-raised), or when another process held the step and it failed there: a step failed by a
         concurrent sweep is not run again by this one. RUNNING only with `wait=False`, when another
         process holds it; with `wait=True` this polls every `poll` seconds and takes over a lease
-        that goes stale. KeyboardInterrupt and SystemExit propagate (the step is INTERRUPTED).
+        that goes stale. KeyboardInterrupt and SystemExit propagate (the step is INTERRUPTED), and
+        so does the OSError of a store that can't be written (claiming or recording the step failed:
+        a full disk, a read-only filesystem), for the caller to report.
         """
         seen_held = False
         while True:
@@ -281,22 +295,9 @@ class Store:
             if seen_held and state in (State.FAILED, State.DEP_FAILED):
                 return state
             if state is not State.RUNNING:
-                ran, failed = False, False
-                try:
-                    with self.claim(step) as lease:
-                        if lease is not None:
-                            try:
-                                work()
-                            except Exception:
-                                failed = True
-                                raise
-                            ran = True
-                except Exception:
-                    if failed:
-                        return State.FAILED
-                    raise
-                if ran:
-                    return State.DONE
+                ended = self._attempt(step, work)
+                if ended is not None:
+                    return ended
                 state = self.state(step)
                 if state is State.DONE:
                     return state
@@ -304,6 +305,27 @@ class Store:
             if not wait:
                 return State.RUNNING
             time.sleep(poll)
+
+    def _attempt(self, step: Step, work: Callable[[], object]) -> State | None:
+        """Run `work` if this process can claim the step: DONE, FAILED (recorded), or None when it can't claim it.
+
+        Any other exception (the store could not be written while claiming or recording) propagates.
+        """
+        failure = None
+        try:
+            with self.claim(step) as lease:
+                if lease is None:
+                    return None
+                try:
+                    work()
+                except Exception as error:
+                    failure = error
+                    raise
+        except Exception as error:
+            if error is failure:
+                return State.FAILED
+            raise
+        return State.DONE
 
     # -- explain ----------------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@
 
 The graph is declared here and walked by the generic `pipeline.runner`; every step runs under the
 store's lease, so it happens at most once across every `dcsl sweep` process sharing the store, a
-finished step is skipped and an interrupted run resumes from its latest checkpoint. The corpus is
-tokenized first, so that the runs' unique budgets are checked against it before any training.
+finished step is skipped and an interrupted run resumes from its latest checkpoint. Before any
+step, the store is checked: one that can't be written fails at once, naming the OS error. The corpus
+is tokenized first, so that the runs' unique budgets are checked against it before any training.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pipeline.kinds.tokenize import TokenizeKind
 from pipeline.kinds.train import TrainKind
 from pipeline.ray_session import start_ray
 from pipeline.runner import Progress, Runner
-from pipeline.store import State
+from pipeline.store import State, Store
+from scaling.errors import InputError
 from stages.data import TokenData
 from stages.record import RunFailure, RunRecord
 
@@ -81,6 +83,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
     started_here = start_ray(address, wait_nodes)
     try:
         check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)
+        _check_store(root)
         runner = Runner(root, progress)
         corpus = tokenize_node(sweep)
         data = runner.run([corpus])[id(corpus)]
@@ -91,6 +94,14 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_store(root: Path) -> None:
+    """Fail with one line naming the store and the OS error unless this process can write there."""
+    try:
+        Store(root).check_writable()
+    except OSError as error:
+        raise InputError("store", f"{root} is not a folder this process can write to ({error})") from None
 
 
 def _outcome(graph: SweepGraph, outcomes: dict) -> SweepOutcome:

@@ -140,8 +140,10 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
 def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFailure], rows: list[dict]) -> str:
     bounds = document.get("intervals") or {}
     intervals = bounds.get("params", {})
+    partial = [f"partial: {len(records)} of {len(records) + len(failed)} runs finished; the fit and the allocation "
+               f"rest on those alone.", ""] if failed else []
     lines = [
-        "# Sweep report", "",
+        "# Sweep report", "", *partial,
         f"{len(records)} runs fitted" + (f"; {len(failed)} failed and were left out: "
                                          + ", ".join(f"{f.name} ({f.reason})" for f in failed) if failed else "") + ".",
         "", "## Fitted law", "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def sweep_command(
     """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished.
 
     Ctrl-C or SIGTERM (a SLURM preemption or time limit) stops it cleanly: running steps are marked
-    interrupted, and the same command resumes them.
+    interrupted, and the same command resumes them. Exit status: 0 every run finished and the law was
+    fitted; 1 no law; 2 bad input (the config, the cluster, a store that can't be written); 3 some runs
+    failed (the fit and a partial report cover the rest); 130 interrupted.
     """
     from pipeline.config import load_sweep
 
@@ -48,11 +51,7 @@ def sweep_command(
     logged: list[str] = []  # where stderr is no terminal (a log file, a SLURM job), one plain line per change
 
     def show(counts: dict) -> None:
-        if "total" not in counts:
-            status, eta = counts["status"], ""
-        else:
-            status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
-            eta = f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
+        status, eta = progress_text(counts)
         if not err.is_terminal:
             line = f"runs: {status}" + (f" of {counts['total']}" if "total" in counts else "") + (f"; {eta}" if eta else "")
             if not logged or logged[-1].partition(";")[0] != line.partition(";")[0]:
@@ -87,8 +86,18 @@ def sweep_command(
             typer.echo(f"copied to {out}/")
     if outcome.fit_state is not None and outcome.fit_state is not State.DONE:
         typer.echo(f"the fit is {outcome.fit_state.value}; see dcsl status {sweep.store}")
+    if outcome.failed:
+        raise typer.Exit(3)
     if not outcome.law_path:
         raise typer.Exit(1)
+
+
+def progress_text(counts: dict) -> tuple[str, str]:
+    """The status and the ETA (or "") shown for one progress report of the runner (`pipeline.runner.Progress`)."""
+    if "total" not in counts:
+        return counts["status"], ""
+    status = f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, {counts['pending']} pending"
+    return status, f"ETA {counts['eta_seconds'] / 60:.1f} min" if counts["eta_seconds"] else ""
 
 
 def _interrupt(signum: int, frame) -> None:

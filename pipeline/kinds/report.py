@@ -1,6 +1,8 @@
 """The report kind: a fitted law and the runs -> allocation table, plots and `report.md` (`stages.report`).
 
-It needs the fit and uses every run node, finished or not, so the report names the runs that failed.
+It needs the fit and uses every run node, finished or not, so the report names the runs that failed
+and says it is partial. The runs left out are part of its key: the same fit reported for a study
+whose every run finished is another report.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ class ReportKind:
     counted: bool = False
 
     def key(self, spec: str, inputs: Sequence[Outcome]) -> Step | None:
-        """The report of the fit; None when the fit has no step."""
-        fit = inputs[0]
-        return Step("report", spec, {"format": REPORT_FORMAT}, [fit.step]) if fit.step is not None else None
+        """The report of the fit and of the runs left out (it names them); None when the fit has no step."""
+        fit, runs = inputs[0], inputs[1:]
+        if fit.step is None:
+            return None
+        left_out = sorted(run.name for run in runs if not run.done)
+        config = {"format": REPORT_FORMAT, **({"left_out": left_out} if left_out else {})}
+        return Step("report", spec, config, [fit.step])
 
     def resources(self, spec: str) -> dict[str, float]:
         """One CPU."""
