@@ -9,6 +9,7 @@ A step (`pipeline.step.Step`) lives at `<stage>/<name>-<hash>` in the store. Lay
         DEP_FAILED      JSON: which input failed
         INTERRUPTED     JSON: why the run stopped (Ctrl-C, SystemExit, ...); it resumes on rerun
         leases/         the claims on the step (`pipeline.lease`)
+    <store>/.stop/<id>                      an interrupted sweep's request that its steps stop (`pipeline.stop_request`)
 
 The records live beside the output, not in it, because stages that build their output atomically
 (`stages.artifacts.atomic_directory`) replace the output directory wholesale. `SUCCESS` is written

@@ -20,7 +20,7 @@ from pipeline.lease import current_lease
 from pipeline.store import INTERRUPTED, State, Store
 from sweeps import DCSL, RUNS, SWEEP
 
-LONG_RUNS = "*-U60K-e4-s0-*"  # 234 steps: a run found running with a checkpoint is far from its end
+LONG_RUNS = "*-U60K-e4-s0-*"  # 234 steps: one found training from a checkpoint is far from its end
 PLOTS = ("observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png")
 
 
@@ -185,13 +185,13 @@ def test_a_two_rank_run_goes_through_ray_train_and_matches_one_process(finished,
     (run_dir,) = (store / "train").glob("s-U20K-e1-s0-*/")
     record = json.loads((run_dir / "run.json").read_text())
     assert record["world_size"] == 2 and len(list((run_dir / "ray_train").glob("rank-*.json"))) == 2  # TorchTrainer's two workers
-    reference = json.loads(next((finished / "train").glob("s-U20K-e1-s0-*/run.json")).read_text())
+    reference = sweeps.records(finished)[run_dir.name]
     assert record["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)  # DDP over 2 ranks = 1 process, same batch
 
 
-def _running_with_a_checkpoint(store: Path, runs: str = "*") -> tuple[str, int] | None:
-    """A train step (of the `runs` glob) that is running and has a checkpoint: its directory name and its holder's pid."""
-    for records in sorted(store.glob(f"train/.steps/{runs}/")):
+def _long_run_past_a_checkpoint(store: Path) -> tuple[str, int] | None:
+    """A long run that is training and has a checkpoint: its directory name and the pid holding its lease."""
+    for records in sorted(store.glob(f"train/.steps/{LONG_RUNS}/")):
         lease = current_lease(records / "leases", socket.gethostname(), 60.0)
         if lease is not None and lease.live and list((store / "train" / records.name).glob("checkpoints/step-*/state.json")):
             return records.name, lease.pid
@@ -215,8 +215,7 @@ def _check_resumed(store: Path, finished: Path, name: str) -> None:
 
 
 def test_a_crashed_worker_is_retried_and_its_run_resumes_from_its_checkpoint(finished, tmp_path, ray_tmp):
-    store, _, sweep, (name, pid) = _start_on_a_tokenized_store(  # a long run, well before its end
-        finished, tmp_path, ray_tmp, lambda store: _running_with_a_checkpoint(store, LONG_RUNS))
+    store, _, sweep, (name, pid) = _start_on_a_tokenized_store(finished, tmp_path, ray_tmp, _long_run_past_a_checkpoint)
     assert pid in sweeps.session_processes(ray_tmp)  # the run's worker, of this sweep's own Ray session
     os.kill(pid, signal.SIGKILL)
     out, err = sweep.communicate(timeout=600)
@@ -228,8 +227,7 @@ def test_a_crashed_worker_is_retried_and_its_run_resumes_from_its_checkpoint(fin
 
 
 def test_ctrl_c_marks_every_running_step_interrupted_and_the_rerun_resumes_them(finished, tmp_path, ray_tmp):
-    store, config, sweep, (name, _) = _start_on_a_tokenized_store(
-        finished, tmp_path, ray_tmp, lambda store: _running_with_a_checkpoint(store, LONG_RUNS))
+    store, config, sweep, (name, _) = _start_on_a_tokenized_store(finished, tmp_path, ray_tmp, _long_run_past_a_checkpoint)
     os.kill(sweep.pid, signal.SIGINT)  # the driver alone, not its process group
     _, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130 and "interrupted" in err, err[-3000:]
