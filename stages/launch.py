@@ -1,9 +1,11 @@
 """Starting a run on this machine: in this process, or as `processes` ranks under torchrun.
 
-`train(config, data_path, store)` returns the finished run directory, reusing it when its
-`SUCCESS` exists and resuming from its latest checkpoint otherwise. One torch rank runs in this
-process; several ranks (or a DeepSpeed run, which always wants a process group) run under
-`python -m torch.distributed.run`, whose progress is followed through `metrics.jsonl`.
+`train(config, data_path, store)` returns the finished run directory, reusing it when it is finished
+and whole (`stages.artifacts.is_complete`) and resuming from its latest checkpoint otherwise: a
+damaged finished run resumes from its final checkpoint, so it only evaluates and writes its record
+again. One torch rank runs in this process; several ranks (or a DeepSpeed run, which always wants a
+process group) run under `python -m torch.distributed.run`, whose progress is followed through
+`metrics.jsonl`.
 
 Rank 0 writes `run.json` only once every rank has finished the run, so a run whose record exists
 is complete even if a rank then dies on its way out (a crash at interpreter exit): it is finished,
