@@ -149,7 +149,7 @@ def plot(results: dict, out_dir: Path) -> Path:
                 ax.plot(x[1:], summary[strategy][1:, col], marker="o", color=colour, label=strategy)
             ax.axhline(summary["grid"][0, col], color="black", linewidth=0.5, linestyle=":", label="initial grid")
             ax.set(xscale="log", yscale="log", xlabel="FLOPs added to the initial grid",
-                   ylabel=f"median {label} error", title=f"{name}: {label} at C = 1e22, U = 25B")
+                   ylabel=f"median {label} error at C = 1e22, U = 25B", title=name)
             ax.legend()
     figure.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
