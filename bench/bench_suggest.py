@@ -125,7 +125,7 @@ def run_seed(truth, seed: int, count: int = COUNT, max_epochs: int = MAX_EPOCHS)
         grid.append((study.flops - start.flops, *errors(fit(study.table(), spec).law, truth), len(study.loss)))
     checkpoints = [spend for row in grid[1:] for spend in (row[0] / 2, row[0])]
     curve, result = [grid[0]], first
-    study = Study(truth, np.random.default_rng([seed, 1]), start.runs, start.loss)  # the same start, its own noise after
+    study = Study(truth, np.random.default_rng([seed, 1]), start.runs, start.loss)  # the same start, new noise
     for checkpoint in checkpoints:
         study = suggest_round(study, result, checkpoint - (study.flops - start.flops), seed, count, max_epochs)
         result = fit(study.table(), spec)

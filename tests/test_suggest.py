@@ -5,6 +5,8 @@ import csv
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -40,8 +42,9 @@ def initial_runs() -> np.ndarray:
 def extend(table: RunTable, runs: np.ndarray, rng) -> RunTable:
     """`table` with `runs` (n, 3) added, trained under the truth with noise from `rng`."""
     added = observe(TRUE_LAW, runs, rng)
-    return RunTable(*(np.concatenate([getattr(table, key), getattr(added, key)])
-                      for key in ("params", "tokens", "unique_tokens", "loss")), names=table.names + added.names)
+    columns = (np.concatenate([getattr(table, key), getattr(added, key)])
+               for key in ("params", "tokens", "unique_tokens", "loss"))
+    return RunTable(*columns, names=table.names + added.names)
 
 
 def rows(candidates: Candidates, batch) -> np.ndarray:
@@ -81,13 +84,15 @@ def batches(start):
 
 def test_candidates_ladders_and_budget_errors(c4_runs):
     sizes = size_ladder(c4_runs)
-    assert sizes[0] == pytest.approx(c4_runs.params.min(), rel=1e-2) and sizes[-1] == pytest.approx(4 * 8.67e9, rel=1e-2)
+    assert sizes[0] == pytest.approx(c4_runs.params.min(), rel=1e-2)
+    assert sizes[-1] == pytest.approx(4 * 8.67e9, rel=1e-2)
     assert np.allclose(np.diff(np.log(sizes)), np.log(2) / 2, atol=0.02)  # sqrt(2) apart, 3 significant digits
     budgets = budget_ladder(c4_runs, 25e9)
     assert budgets[0] == 100e6 and budgets[-1] == 25e9 and np.all(np.diff(np.log(budgets)) <= np.log(2) + 1e-9)
     candidates = candidate_runs(sizes, budgets, 16)
     assert len(candidates.params) == len(sizes) * len(budgets) * 16
-    assert set((candidates.tokens / candidates.unique_tokens).round(9)) == set(range(1, 17)) and candidates.unique_tokens.max() == 25e9
+    assert set((candidates.tokens / candidates.unique_tokens).round(9)) == set(range(1, 17))
+    assert candidates.unique_tokens.max() == 25e9
     with pytest.raises(InputError, match="unique_tokens: 5e\\+07 is below the smallest candidate budget"):
         budget_ladder(c4_runs, 50e6)
     with pytest.raises(InputError, match="budget: 1e\\+10 FLOPs is below the cheapest candidate run"):
@@ -95,7 +100,8 @@ def test_candidates_ladders_and_budget_errors(c4_runs):
 
 
 def test_the_update_is_the_linear_gaussian_one():
-    """Square-root updates on the draws equal Sigma' = Sigma - Sigma j j^T Sigma / (j^T Sigma j + s^2) on their covariance."""
+    """Square-root updates on the draws equal Sigma' = Sigma - Sigma j j^T Sigma / (j^T Sigma j + s^2) on their
+    covariance, run after run."""
     rng = np.random.default_rng(0)
     theta = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 3))
     jacobian, gradients = rng.normal(size=(6, 3)), rng.normal(size=(2, 3))
@@ -129,9 +135,7 @@ def test_chosen_batch_shrinks_the_refitted_spread_most(start, batches):
     for name, batch in batches.items():
         values = []
         for repeat in range(3):
-            added = observe(TRUE_LAW, rows(candidates, batch), np.random.default_rng([repeat, 7]))
-            both = RunTable(*(np.concatenate([getattr(table, key), getattr(added, key)])
-                              for key in ("params", "tokens", "unique_tokens", "loss")), names=table.names + added.names)
+            both = extend(table, rows(candidates, batch), np.random.default_rng([repeat, 7]))
             draws = bootstrap(both, fit(both, SPEC), DRAWS, seed=repeat)
             values.append((target_draws(draws, *TARGET).var(axis=0) / now).sum())
         spread[name] = float(np.mean(values))
@@ -187,7 +191,8 @@ def test_suggest_json_answers_within_the_budget(capsys, tiny_runs):
     assert 1 <= len(answer["runs"]) <= 5 and answer["budget_used"] <= 2e12
     assert answer["budget_used"] == pytest.approx(sum(r["flops"] for r in answer["runs"]))
     for r in answer["runs"]:
-        assert r["flops"] == pytest.approx(6 * r["params"] * r["tokens"]) and r["tokens"] == r["epochs"] * r["unique_tokens"]
+        assert r["flops"] == pytest.approx(6 * r["params"] * r["tokens"])
+        assert r["tokens"] == r["epochs"] * r["unique_tokens"]
         assert r["unique_tokens"] <= 400e3 and r["epochs"] in range(1, 9) and r["gain"] > 0
     assert sum(r["gain"] for r in answer["runs"]) < 1
     now, after = answer["now"], answer["expected_intervals"]
@@ -202,6 +207,13 @@ def test_suggest_table_sizes_and_a_law_file(capsys, tmp_path, tiny_runs):
     code, stdout, _ = run(capsys, "suggest", str(tiny_runs), *TINY_TARGET, "--budget", "1e12", "--law", str(law),
                           "--sizes", "20K,70K", "--json")
     assert code == 0 and {r["params"] for r in json.loads(stdout)["runs"]} <= {20e3, 70e3}
+    parquet = tmp_path / "runs.parquet"
+    with tiny_runs.open() as handle:
+        columns = {key: [float(v) for v in values] for key, *values in zip(*csv.reader(handle))}
+    pq.write_table(pa.table(columns), parquet)
+    code, from_parquet, _ = run(capsys, "suggest", str(parquet), *TINY_TARGET, "--budget", "1e12", "--law", str(law),
+                                "--sizes", "20K,70K", "--json")
+    assert code == 0 and from_parquet == stdout  # the same runs, read as `dcsl fit` reads them
     code, stdout, _ = run(capsys, "suggest", str(tiny_runs), *TINY_TARGET, "--budget", "1e12", "--law", str(law))
     assert code == 0 and "Next runs for C = 1e+15 FLOPs, U = 400K" in stdout
     assert all(label in stdout for label in ("gain", "estimate", "now", "after"))

@@ -130,7 +130,8 @@ def suggest_command(
     chosen = [{"params": float(candidates.params[i]), "tokens": float(candidates.tokens[i]),
                "unique_tokens": float(candidates.unique_tokens[i]),
                "epochs": float(candidates.tokens[i] / candidates.unique_tokens[i]),
-               "flops": float(candidates.flops[i]), "gain": float(gain)} for i, gain in zip(choice.chosen, choice.gains)]
+               "flops": float(candidates.flops[i]), "gain": float(gain)}
+              for i, gain in zip(choice.chosen, choice.gains)]
     record = {
         "target": {"flops": target_flops, "unique_tokens": target_unique},
         "now": {**{key: now[key] for key in KEYS}, "intervals": now["intervals"]},
@@ -148,9 +149,10 @@ def suggest_command(
 
         document, gap = _sweep_document(base, chosen)
         write_text_atomic(out_path, yaml.safe_dump(document, sort_keys=False))
-        note = (f"wrote {out_path}: its models are `params:` sizes, shaped by the size table, so their non-embedding N "
-                f"is within {100 * gap:.1f}% of the suggested N (`dcsl plan {out_path}` shows it); with fit.params: total "
-                f"the sweep's N also counts embeddings, and the base file's per-model train settings are not carried")
+        note = (f"wrote {out_path}: its models are `params:` sizes, shaped by the size table, so their non-embedding "
+                f"N is within {100 * gap:.1f}% of the suggested N (`dcsl plan {out_path}` shows it); with fit.params: "
+                f"total the sweep's N also counts embeddings, and the base file's per-model train settings are not "
+                f"carried")
         record["sweep_file"] = str(out_path)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
@@ -164,9 +166,10 @@ def suggest_command(
 
 def _print_suggestion(record: dict, budget: float) -> None:
     target = record["target"]
-    table = Table(title=f"Next runs for C = {target['flops']:.3g} FLOPs, U = {format_quantity(target['unique_tokens'])} "
-                        f"(used {record['budget_used']:.3g} of {budget:.3g} FLOPs)",
-                  caption="gain: the share of today's uncertainty (spread of log N* and log L*) the run removes, in order")
+    table = Table(title=f"Next runs for C = {target['flops']:.3g} FLOPs, U = {format_quantity(target['unique_tokens'])}"
+                        f" (used {record['budget_used']:.3g} of {budget:.3g} FLOPs)",
+                  caption="gain: the share of today's uncertainty (spread of log N* and log L*) the run removes, "
+                          "in order")
     for column in ("#", "N", "D", "U", "epochs", "FLOPs", "gain"):
         table.add_column(column, justify="right")
     for i, run in enumerate(record["runs"], 1):
