@@ -24,7 +24,7 @@ DCSL = str(Path(sys.executable).with_name("dcsl"))
 
 def test_help_lists_every_subcommand_and_version():
     help_text = subprocess.run([DCSL, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("fit", "allocate", "predict", "epochs"):
+    for command in ("fit", "allocate", "predict", "epochs", "suggest"):
         assert f"│ {command} " in help_text
     version = subprocess.run([DCSL, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("dcsl 0.")
