@@ -12,8 +12,10 @@ Ray retries a task whose worker died (`RETRIES` times); after that the step is r
 ("worker died ...; out of memory?") and the rest goes on. A task that raises (the store could not
 be written: a full disk, a read-only filesystem) is FAILED with its error the same way; where the
 store can't take the marker either, the outcome still carries the cause. Ctrl-C cancels the running
-tasks (their steps are marked INTERRUPTED by the store) and propagates. Progress counts the nodes
-of kinds marked `counted` (the runs of a study), only those of this graph.
+tasks, waits (up to `STOP_WAIT` seconds) for them to end, their steps marked INTERRUPTED by the
+store, marks INTERRUPTED any of their steps whose lease a process that is gone still holds, and
+propagates. Progress counts the nodes of kinds marked `counted` (the runs of a study), only those of
+this graph.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from pipeline.graph import Node, Outcome, StepKind, in_order, planned_outcomes
 from pipeline.store import Decision, State, Step, Store
 
 RETRIES = 2
+STOP_WAIT = 30.0  # seconds an interrupted sweep waits for its cancelled tasks to record how they ended
 INJECT_ENV = "DCSL_INJECT_FAILURE"  # comma-separated node names whose work raises instead of running (tests, drills)
 
 Progress = Callable[[dict], None]
@@ -88,10 +92,22 @@ class Runner:
                         self._collect(ref)
                 self._report()
         except KeyboardInterrupt:
-            for ref in self.running:
-                ray.cancel(ref)
+            self._stop_running()
             raise
         return self.outcomes
+
+    def _stop_running(self) -> None:
+        """Cancel the running tasks, wait (up to `STOP_WAIT` s) for them to end, and mark INTERRUPTED
+        each of their steps whose lease is still held by a process that is gone."""
+        refs = list(self.running)
+        with suppress(ray.exceptions.RayError):  # Ray failing now must not hide the interrupt; the markers still get written
+            for ref in refs:
+                ray.cancel(ref)
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT)
+        for _, step in self.running.values():
+            with suppress(OSError):  # a store that can't be written: the lease, gone stale, says the same
+                self.store.interrupt_abandoned(step, "the sweep was interrupted")
 
     def _dispatch(self, node: Node) -> None:
         inputs = [self.outcomes[id(source)] for source in node.inputs]

@@ -180,11 +180,27 @@ class Store:
             current = self._lease(records)
             if current is None or current.released or current.slurm_job_id != str(job_id):
                 continue
-            content = {"reason": reason, "owner": current.owner, "slurm_job_id": str(job_id), **_who(self.host)}
-            _write_json(records / INTERRUPTED, content)
-            mark_released(leases, current.generation)
+            self._interrupt(records, current, reason)
             interrupted.append(f"{records.parent.parent.name}/{records.name}")
         return interrupted
+
+    def interrupt_abandoned(self, step: Step, reason: str) -> bool:
+        """Mark the step INTERRUPTED and release its lease if the lease's holder is gone; whether it did.
+
+        Gone: its process ended (judged on its own host) or its heartbeat is older than `lease_timeout`.
+        A live holder, a released lease or a finished step are left as they are.
+        """
+        records = self.records_dir(step)
+        current = self._lease(records)
+        if current is None or current.released or current.live or self.is_done(step):
+            return False
+        self._interrupt(records, current, reason)
+        return True
+
+    def _interrupt(self, records: Path, lease: LeaseInfo, reason: str) -> None:
+        content = {"reason": reason, "owner": lease.owner, "slurm_job_id": lease.slurm_job_id, **_who(self.host)}
+        _write_json(records / INTERRUPTED, content)
+        mark_released(records / LEASES, lease.generation)
 
     def check_writable(self) -> None:
         """Create the root if missing and write and remove a probe file in it; the OSError when that fails."""

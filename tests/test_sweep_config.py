@@ -296,8 +296,10 @@ BAD = [
      "'cpu'; use gpus: 0 or device auto/cuda"),
     ({"train.device": "cuda"}, "resources.gpus: 0, but train.device is 'cuda'; a CUDA run needs gpus >= 1"),
     ({"resources": {"nodes": 0}}, "resources.nodes: 0 is not allowed: Input should be greater than or equal to 1"),
-    ({"resources": {"nodes": 2}}, "resources.nodes: 2 nodes need gpus >= 1 per node; a CPU run uses one machine"),
+    ({"resources": {"nodes": 2}}, "resources.nodes: 2 nodes can't share the 1 train.processes of a CPU run evenly"),
     ({"train.processes": 2}, "resources.cpus: 1 is fewer than the 2 train.processes of a CPU run"),
+    ({"train.processes": 4, "resources": {"nodes": 2}}, "resources.cpus: 1 is fewer than the 4 train.processes of a CPU run "
+     "over 2 nodes (2 per node)"),
     ({"resources": {"gpus": 3}}, "grid point s-U4K-e1: batch_tokens: 16 sequences per step do not split evenly over 3 ranks "
      "(resources: 1 node(s) x 3 GPU(s))"),
     # the fit
