@@ -139,7 +139,7 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
     _plot_fit(plt, law, records, params_kind, out_dir / PLOTS["fit"])
     _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
-    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows) + _contamination_markdown(contamination))
+    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows) + contamination_markdown(contamination))
     return out_dir / REPORT
 
 
@@ -176,7 +176,7 @@ def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFai
     return "\n".join(lines)
 
 
-def _contamination_markdown(shares: dict[int, float] | None) -> str:
+def contamination_markdown(shares: dict[int, float] | None) -> str:
     """The report's section on the validation split's contamination at each unique budget ('' without one)."""
     if not shares:
         return ""

@@ -37,7 +37,7 @@ def document_order(labels: np.ndarray, seed: int) -> np.ndarray:
     """The stored order of the documents: indices into `labels` (each document's cluster label)."""
     rng = np.random.default_rng(seed)
     names, cluster = np.unique(labels, return_inverse=True)
-    cluster_rank = rng.permutation(len(names))
+    cluster_rank = np.argsort(rng.permutation(len(names)))  # the k-th cluster of the shuffle has rank k
     document_rank = rng.permutation(len(labels))
     return np.lexsort((document_rank, cluster_rank[cluster]))
 
