@@ -127,7 +127,7 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, de
     dataset = load_corpus(config.corpus, cache)
     progress("reading", 1, 1)
     clustering = time.perf_counter()
-    kept, sketches, removed = _deduplicated(deduplicated, len(dataset))
+    kept, sketches, removed = _deduplicated(deduplicated, key["dedup"], len(dataset))
     labels = _clusters(config, dataset, kept, sketches, progress)
     positions = document_order(labels, config.seed)
     order, labels = kept[positions], labels[positions]
@@ -196,11 +196,14 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, de
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _deduplicated(artifact: Path | None, documents: int) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
-    """(the source indices kept, their signatures if the dedup stage made them, its removal counts)."""
+def _deduplicated(artifact: Path | None, expected: str | None, documents: int) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """(the source indices kept, their signatures if the dedup stage made them, its removal counts); InputError
+    when the artifact is not the one the config's dedup settings make (hash `expected`)."""
     if artifact is None:
         return np.arange(documents), None, None
     kept, sketches, manifest = read_dedup(artifact)
+    if manifest["hash"] != expected:
+        raise InputError("dedup", f"{str(artifact)!r} was made with other settings (hash {manifest['hash']}, expected {expected})")
     removed = manifest["removed"]
     counts = {"artifact": artifact.name, "documents": documents - len(kept), "exact": removed["exact"], "near": removed["near"]}
     return kept, sketches[kept], counts
