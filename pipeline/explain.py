@@ -72,9 +72,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (old, new)} for keys whose values differ; a key missing on one side reads as None there."""
+    """{key: (old, new)} for keys whose values differ; a key missing on one side reads as None there (so a
+    section that was null and now has settings lists those settings, not the section)."""
     keys = list(new) + [k for k in old if k not in new]
-    return {k: (old.get(k), new.get(k)) for k in keys if k not in old or k not in new or old[k] != new[k]}
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
 
 
 def _input_keys(inputs: Sequence[str]) -> dict[str, str]:

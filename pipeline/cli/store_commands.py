@@ -29,6 +29,8 @@ def status_command(store: Path = typer.Argument(Path("store"), help="The store r
     for info in steps:
         if info.state in (State.FAILED, State.DEP_FAILED, State.INTERRUPTED, State.RUNNING, State.DAMAGED):
             typer.echo(f"{info.state.value:<12} {info.stage}/{info.name}-{info.hash}: {info.detail}")
+    for line in _contamination_lines(store, steps):
+        typer.echo(line)
     fitted = [info.path / LAW for info in steps if info.stage == "fit" and info.state is State.DONE]
     laws = sorted((path for path in fitted if path.is_file()), key=lambda path: path.stat().st_mtime)
     if laws:
@@ -38,6 +40,27 @@ def status_command(store: Path = typer.Argument(Path("store"), help="The store r
         restarts = f", restarted {state['restarts']}x" if state.get("restarts") else ""
         reason = f" ({state['reason']})" if state.get("reason") not in (None, "", "None") else ""
         typer.echo(f"slurm job {job['job_id']}: {state['state']}{reason}{restarts}; log {job['log']}")
+
+
+def _contamination_lines(store: Path, steps: list) -> list[str]:
+    """Per finished corpus: its validation contamination, exact at the unique budgets of the runs trained on it."""
+    import json
+
+    from pipeline.cli.data_commands import contamination_line
+    from pipeline.store import State
+    from stages.contamination import shares_at
+    from stages.record import finished_records
+
+    corpora = [info for info in steps if info.stage == "tokenize" and info.state is State.DONE]
+    records = finished_records(store) if corpora else []
+    lines = []
+    for info in corpora:
+        manifest = json.loads((info.path / "manifest.json").read_text())
+        if "contamination" not in manifest:
+            continue  # tokenized before contamination was measured
+        budgets = sorted({record.unique_tokens for record in records if record.data_hash == info.hash})
+        lines.append(f"tokenize/{info.name}-{info.hash}: " + contamination_line(manifest, shares_at(info.path, budgets)))
+    return lines
 
 
 @app.command("runs")
