@@ -3,11 +3,15 @@
 1. Throughput: the tokenize stage end to end (reading the corpus through `datasets`, tokenizing,
    writing the memmap, index and manifest) against `Tokenizer.encode_batch` on the same texts
    already in memory, one process each (TOKENIZERS_PARALLELISM=false); then 1 vs 2 processes.
-2. Memory: peak resident memory of tokenizing the default corpus and a corpus 10x larger.
-3. Sampler: batches per second of the sampler against batches per second a minimal GPT
+2. Clean split: the dedup stage (MinHash signatures, exact and near-duplicate removal), the split's
+   near-duplicate clusters and the contamination measure, against tokenizing the same corpus with
+   the same (given) tokenizer, one process: the stage's own phase timings, one run.
+3. Memory: peak resident memory of tokenizing the default corpus and a corpus 10x larger (the split's
+   clusters and the contamination measure included, as by default), then the same with dedup.
+4. Sampler: batches per second of the sampler against batches per second a minimal GPT
    (MODEL_SHAPE below, forward + backward + AdamW on CPU) consumes.
 
-Usage: python bench/bench_data.py [--skip-memory | --memory-only]
+Usage: python bench/bench_data.py [--skip-memory | --memory-only | --clean-only]
 """
 
 from __future__ import annotations
@@ -75,6 +79,27 @@ def bench_throughput(work: Path) -> Path:
     return artifact
 
 
+def bench_clean_split(work: Path, tokenizer_json: str) -> None:
+    """Seconds of the dedup stage, the split's clusters and the contamination measure against tokenizing."""
+    config = TokenizeConfig.model_validate({**DEFAULT, "tokenizer": {"path": tokenizer_json}, "dedup": {}})
+    data = TokenData(tokenize(config, work / "clean"))
+    (dedup_dir,) = (work / "clean" / "dedup").iterdir()
+    deduplicated = json.loads((dedup_dir / "manifest.json").read_text())
+    phases = data.manifest["phase_seconds"]
+    clean = deduplicated["seconds"] + phases["near_duplicates"] + phases["contamination"]
+    removed = data.manifest["dedup"]
+    print(f"corpus: {deduplicated['documents']:,} documents; dedup removed {removed['documents']} ({removed['exact']} exact, "
+          f"{removed['near']} near), {removed['tokens']:,} tokens; {data.manifest['split']['clusters']:,} clusters, "
+          f"largest {data.manifest['split']['largest_cluster']}")
+    print(f"  dedup stage (read corpus, signatures, exact + near) {deduplicated['seconds']:6.2f} s")
+    print(f"  split clusters (signatures reused)                  {phases['near_duplicates']:6.2f} s")
+    print(f"  contamination ({data.manifest['contamination']['windows']:,} windows, {data.train_tokens:,} training tokens) "
+          f"{phases['contamination']:6.2f} s")
+    print(f"  tokenizing (given tokenizer, 1 process, write)      {phases['tokenizing']:6.2f} s")
+    print(f"RATIO clean pass / tokenizing = {clean / phases['tokenizing']:.2f}  (target <= 0.5)")
+    print(f"  validation contamination: overall {data.manifest['contamination']['overall']:.4%}")
+
+
 def _cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
@@ -133,26 +158,28 @@ def _peak_rss_child(settings: dict, store: str) -> None:
 
 
 def bench_memory(work: Path) -> None:
-    """Peak RSS of the default corpus against a 10x corpus (a JSONL file of 10 copies)."""
+    """Peak RSS of the default corpus against a 10x corpus (a JSONL file of 10 copies); then both with dedup."""
     big = work / "stdlib_x10.jsonl"
     _write_copies(big, 10)
     runs = {}
-    for processes in (2, 1):
+    variants = ((2, "split"), (1, "split"), (1, "split + dedup"))
+    for processes, steps in variants:
         for label, corpus in (("default (stdlib)", {"source": "stdlib"}), ("10x (JSONL)", {"source": "local", "path": str(big)})):
-            settings = {**DEFAULT, "corpus": corpus, "num_proc": processes}
+            settings = {**DEFAULT, "corpus": corpus, "num_proc": processes, **({"dedup": {}} if "dedup" in steps else {})}
             store = str(work / f"mem-{processes}-{len(runs)}")
             command = [sys.executable, __file__, "--rss-child", json.dumps(settings), store]
-            runs[(processes, label)] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    for (processes, label), r in runs.items():
+            runs[(processes, steps, label)] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    for (processes, steps, label), r in runs.items():
         print(
-            f"  num_proc={processes} {label:<17} {r['tokens']:>12,} tokens {r['seconds']:7.1f} s  peak MiB over all "
-            f"processes: RSS {r['rss_peak_mib']:.0f}, of which anonymous {r['anonymous_peak_mib']:.0f}"
+            f"  num_proc={processes} {steps:<13} {label:<17} {r['tokens']:>12,} tokens {r['seconds']:7.1f} s  peak MiB over "
+            f"all processes: RSS {r['rss_peak_mib']:.0f}, of which anonymous {r['anonymous_peak_mib']:.0f}"
         )
-    for processes in (2, 1):
-        small, large = runs[(processes, "default (stdlib)")], runs[(processes, "10x (JSONL)")]
+    for processes, steps in variants:
+        small, large = runs[(processes, steps, "default (stdlib)")], runs[(processes, steps, "10x (JSONL)")]
         for key in ("rss_peak_mib", "anonymous_peak_mib"):
             label = {"rss_peak_mib": "RSS", "anonymous_peak_mib": "anonymous RSS"}[key]
-            print(f"RATIO peak {label:<13} 10x / default, num_proc={processes} = {large[key] / small[key]:.2f}  (target <= 1.5)")
+            print(f"RATIO peak {label:<13} 10x / default, num_proc={processes}, {steps:<13} = {large[key] / small[key]:.2f}  "
+                  f"(target <= 1.5)")
 
 
 def bench_sampler(artifact: Path) -> None:
@@ -225,6 +252,10 @@ def main() -> None:
             return
         print("== tokenize throughput ==")
         artifact = bench_throughput(work)
+        print("== clean split: dedup, clusters and contamination against tokenizing ==")
+        bench_clean_split(work, str(artifact / "tokenizer.json"))
+        if "--clean-only" in sys.argv:
+            return
         print("== sampler against a minimal GPT ==")
         bench_sampler(artifact)
         if "--skip-memory" not in sys.argv:

@@ -206,15 +206,22 @@ def _crash_message(error: Exception) -> str:
 
 
 def explain(nodes: Sequence[Node], store: Store) -> list[tuple[Node, Decision | None]]:
-    """For every node that can be keyed before running: whether it will run and why; None for the others."""
+    """For every node that can be keyed before running: whether it will run and why; None for the others.
+
+    A node keyed by what its inputs yield (`static=False`: a fit over the runs that finished) can be
+    keyed when every node it `uses` is done already (the fit of a finished study).
+    """
+    ordered = list(in_order(nodes))
     keys: dict[int, Step | None] = {}
-    decisions = []
-    for node in in_order(nodes):
-        if not node.static:
-            keys[id(node)] = None
-            decisions.append((node, None))
-            continue
-        step = node.kind.key(node.spec, planned_outcomes(node, keys))
+    decided: dict[int, Decision | None] = {}
+    for node in ordered:
+        step = node.kind.key(node.spec, planned_outcomes(node, keys)) if _keyable(node, decided) else None
         keys[id(node)] = step
-        decisions.append((node, store.explain(step) if step is not None else None))
-    return decisions
+        decided[id(node)] = store.explain(step) if step is not None else None
+    return [(node, decided[id(node)]) for node in ordered]
+
+
+def _keyable(node: Node, decided: dict[int, Decision | None]) -> bool:
+    """Whether the node's step is known before running: it is static, or every node it uses is done."""
+    used = [decided[id(source)] for source in node.uses]
+    return node.static or all(decision is not None and decision.state is State.DONE for decision in used)

@@ -1,7 +1,8 @@
 """A sweep as a graph of steps, and running it: tokenize once, train + evaluate every run, fit, report.
 
-    tokenize ──needs──> train (one node per run) ──uses──> fit ──needs──> report
-                                                 └──────────uses──────────┘
+    [dedup ──needs──>] tokenize ──needs──> train (one node per run) ──uses──> fit ──needs──> report
+                          └───────────────────────needs (its contamination)──────────────┘
+                                                   └──────────uses──────────┘
 
 The graph is declared here and walked by the generic `pipeline.runner`; every step runs under the
 store's lease, so it happens at most once across every `dcsl sweep` process sharing the store, a
@@ -20,6 +21,7 @@ import ray
 from pipeline.cluster import check_fits_cluster, node_capacities
 from pipeline.config import SweepConfig, expand
 from pipeline.graph import Node
+from pipeline.kinds.dedup import DedupKind
 from pipeline.kinds.fit import FitKind, FitSpec
 from pipeline.kinds.report import ReportKind
 from pipeline.kinds.tokenize import TokenizeKind
@@ -60,8 +62,9 @@ class SweepOutcome:
 
 
 def tokenize_node(sweep: SweepConfig) -> Node:
-    """The sweep's corpus."""
-    return Node(TokenizeKind(), sweep.data.name, sweep.data)
+    """The sweep's corpus, on its dedup node when `data.dedup` is set."""
+    dedup = (Node(DedupKind(), sweep.data.name, sweep.data),) if sweep.data.dedup else ()
+    return Node(TokenizeKind(), sweep.data.name, sweep.data, needs=dedup)
 
 
 def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, skip_invalid: bool = False,
@@ -71,7 +74,7 @@ def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, s
     specs = expand(sweep, corpus_train_tokens, skip_invalid=skip_invalid, skipped=skipped)
     runs = {spec.name: Node(TrainKind(), spec.name, spec, needs=(corpus,)) for spec in specs}
     fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit), uses=tuple(runs.values()), static=False)
-    report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit,), uses=tuple(runs.values()), static=False)
+    report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit, corpus), uses=tuple(runs.values()), static=False)
     return SweepGraph(corpus, runs, fit, report)
 
 

@@ -14,12 +14,14 @@ import os
 import platform
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaling.errors import InputError
+from stages.mapped_pages import corpus_files, release_mapped_pages
 
 if TYPE_CHECKING:
     import datasets
@@ -144,6 +146,15 @@ def load_corpus(config: CorpusConfig, cache_dir: Path) -> datasets.Dataset:
         return _text_column(dataset, "text" if fmt == "text" else config.text_field, config)
     dataset = datasets.load_dataset(config.name, config.subset, split=config.split, revision=config.revision)
     return _text_column(dataset, config.text_field, config)
+
+
+def read_texts(dataset: datasets.Dataset, block: int = 256) -> Iterator[str]:
+    """Every document's text in source order (a missing text as ''), read `block` documents at a time;
+    the corpus pages a block touched are released after it, so the pass's memory does not grow."""
+    files = corpus_files(dataset)
+    for start in range(0, len(dataset), block):
+        yield from (text or "" for text in dataset[start : start + block]["text"])
+        release_mapped_pages(files)
 
 
 def _root_cause(err: BaseException) -> str:

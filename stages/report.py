@@ -17,6 +17,7 @@ from scaling.allocate import allocate, repetition_blind_allocation
 from scaling.atomic import write_atomic, write_text_atomic
 from scaling.lawfile import read_law
 from scaling.units import format_quantity
+from stages.contamination import WINDOW
 from stages.record import RunFailure, RunRecord
 
 ALLOCATION = "allocation.csv"
@@ -117,8 +118,13 @@ def _plot_frontier(plt, rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailure], out_dir: Path) -> Path:
-    """Write the allocation table, the plots and report.md next to each other; return report.md."""
+def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailure], out_dir: Path,
+                 contamination: dict[int, float] | None = None) -> Path:  # fmt: skip
+    """Write the allocation table, the plots and report.md next to each other; return report.md.
+
+    `contamination` maps each unique budget to the share of validation windows its training tokens hold
+    (`stages.contamination.shares_at`); the report shows it when given.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +139,7 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
     _plot_fit(plt, law, records, params_kind, out_dir / PLOTS["fit"])
     _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
-    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows))
+    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows) + contamination_markdown(contamination))
     return out_dir / REPORT
 
 
@@ -168,3 +174,15 @@ def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFai
         )
     lines += ["", "## Plots", ""] + [f"![{key}]({name})" for key, name in PLOTS.items()] + [""]
     return "\n".join(lines)
+
+
+def contamination_markdown(shares: dict[int, float] | None) -> str:
+    """The report's section on the validation split's contamination at each unique budget ('' without one)."""
+    if not shares:
+        return ""
+    lines = ["", "## Validation contamination", "",
+             f"Share of the validation split's {WINDOW}-token windows (within one document) that occur verbatim in the "
+             "first U tokens of the training region: what a run with budget U may have memorised of what it is scored on.", "",
+             "| U | contaminated windows |", "| --- | --- |"]  # fmt: skip
+    lines += [f"| {format_quantity(budget)} | {share:.2%} |" for budget, share in sorted(shares.items())]
+    return "\n".join(lines + [""])

@@ -1,31 +1,32 @@
 """The tokenize stage: corpus -> one flat token file, a document index, a tokenizer and a manifest.
 
-The documents are shuffled once with the config's seed and written in that order, each followed
-by the end-of-document token. The first `validation_tokens` tokens are the validation split
-(whole documents, the last one cut and its rest used nowhere); the training region starts at the
-next document. A unique-token budget U is then the first U tokens of the training region, so
-budgets are exact to the token and nested (see `stages.data`). The tokenizer is trained on the
-documents at the end of that order, never on validation ones.
+With `dedup` set, the documents are first those the dedup stage kept (`stages.dedup`). They are
+grouped into near-duplicate clusters (`stages.near_duplicates`), shuffled once with the config's
+seed, a cluster's documents together, and written in that order, each followed by the
+end-of-document token. The first `validation_tokens` tokens are the validation split (whole
+documents, the last one cut); the training region starts at the next cluster, so no cluster has
+documents on both sides (`stages.split`). A unique-token budget U is then the first U tokens of
+the training region, so budgets are exact to the token and nested (see `stages.data`). The
+tokenizer is trained on documents at the end of that order, never on validation or held-out
+ones. Last, the share of validation windows the training region holds verbatim is measured
+(`stages.contamination`).
 
 Output, `<store>/tokenize/<name>-<hash>/`:
   tokens.bin        every token, uint16 (or uint32 when the vocabulary needs it); numpy.memmap
   doc_offsets.npy   int64, documents + 1 entries: document i is tokens[offsets[i]:offsets[i+1]]
   documents.npy     int64: the source-order index of each stored document
   tokenizer.json    the tokenizer
-  manifest.json     source, tokenizer, counts, regions, hashes, versions
+  contamination.npy int64, sorted: where the first training occurrence of each found validation window ends
+  manifest.json     source, tokenizer, counts, regions, split, dedup counts, contamination, hashes, versions
   SUCCESS           written last
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
@@ -36,19 +37,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaling.errors import InputError
+from stages import contamination
 from stages.artifacts import artifact_dir, atomic_directory, file_sha256, is_complete, step_hash
-from stages.corpus import CorpusConfig, corpus_identity, load_corpus
+from stages.corpus import CorpusConfig, corpus_identity, load_corpus, read_texts
+from stages.dedup import DedupConfig, dedup, dedup_hash, read_dedup
 from stages.fields import Count, StoreName
+from stages.mapped_pages import corpus_files, release_mapped_pages
+from stages.near_duplicates import MinHashConfig, clusters, signatures
+from stages.split import SplitConfig, cluster_counts, document_order, regions
 from stages.tokenizer import TokenizerConfig, eod_id, load_tokenizer, token_dtype, train_tokenizer
 
 STAGE = "tokenize"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: near-duplicate clusters on one side of the split, held-out tokens, contamination
 CHUNK_BYTES = 8_000_000  # text per process per `datasets.map` call: bounds the memory of each call
 MAP_BATCH_SIZE = 256
-MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 
 Progress = Callable[[str, int, int], None]
-"""progress(phase, done, total): phases are 'reading', 'training tokenizer', 'tokenizing'."""
+"""progress(phase, done, total): phases are 'finding duplicates', 'reading', 'training tokenizer', 'tokenizing'."""
 
 
 class TokenizeConfig(BaseModel):
@@ -61,6 +66,9 @@ class TokenizeConfig(BaseModel):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     validation_tokens: Count = Field(100_000, description="tokens of the fixed validation split")
     seed: int = Field(0, description="seed of the document shuffle (validation choice and training order)")
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig, description="how near-duplicates are found (split and dedup)")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="near-duplicate clusters kept whole on one side of the split")
+    dedup: DedupConfig | None = Field(None, description="remove exact and near-duplicates first (its own step); null: keep all")
     num_proc: int = Field(1, ge=1, description="processes for tokenizing; does not change the output")
 
 
@@ -74,7 +82,8 @@ def tokenize_key(config: TokenizeConfig) -> dict:
         "format": FORMAT_VERSION,
         "config": config.model_dump(mode="json", exclude={"num_proc"}),
         "corpus": corpus_identity(config.corpus),
-        "versions": {"datasets": version("datasets"), "tokenizers": version("tokenizers")},
+        "versions": {"datasets": version("datasets"), "tokenizers": version("tokenizers"), "datasketch": version("datasketch")},
+        "dedup": dedup_hash(config) if config.dedup else None,
     }
     if config.tokenizer.path is not None:
         load_tokenizer(config.tokenizer)  # a bad tokenizer file fails before any work
@@ -92,24 +101,37 @@ def tokenize_path(config: TokenizeConfig, store: Path) -> Path:
     return artifact_dir(store, STAGE, config.name, tokenize_hash(config))
 
 
-def tokenize(config: TokenizeConfig, store: Path, progress: Progress | None = None) -> Path:
-    """Run the stage (or reuse its finished artifact) and return the artifact directory."""
+def tokenize(config: TokenizeConfig, store: Path, progress: Progress | None = None, deduplicated: Path | None = None) -> Path:
+    """Run the stage (or reuse its finished artifact) and return the artifact directory.
+
+    With `config.dedup` set, `deduplicated` is the dedup artifact to read; when None, the dedup stage
+    is run (or reused) in the same store first.
+    """
     key = tokenize_key(config)
     final = artifact_dir(store, STAGE, config.name, step_hash(key))
     if is_complete(final):
         return final
-    with atomic_directory(final) as work, _quiet_libraries():
-        _build(config, key, work, progress or _no_progress)
+    progress = progress or _no_progress
+    with _quiet_libraries():
+        if config.dedup is not None and deduplicated is None:
+            deduplicated = dedup(config, store, progress)
+        with atomic_directory(final) as work:
+            _build(config, key, work, progress, deduplicated)
     return final
 
 
-def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress) -> None:
+def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, deduplicated: Path | None) -> None:
     started = time.perf_counter()
     cache = work / "cache"
     progress("reading", 0, 1)
     dataset = load_corpus(config.corpus, cache)
     progress("reading", 1, 1)
-    order = np.random.default_rng(config.seed).permutation(len(dataset))
+    clustering = time.perf_counter()
+    kept, sketches, removed = _deduplicated(deduplicated, key["dedup"], len(dataset))
+    labels = _clusters(config, dataset, kept, sketches, progress)
+    positions = document_order(labels, config.seed)
+    order, labels = kept[positions], labels[positions]
+    seconds = {"near_duplicates": time.perf_counter() - clustering}
 
     sample = {"documents": 0, "characters": 0}
     if config.tokenizer.path is None:
@@ -123,15 +145,24 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress) ->
     dtype = token_dtype(tokenizer.get_vocab_size(), config.tokenizer)
 
     with _single_threaded_tokenizers():
-        lengths, tokens_sha = _write_tokens(dataset, order, tokenizer, eod, dtype, work, config.num_proc, progress)
+        every_length, tokens_sha = _write_tokens(dataset, order, tokenizer, eod, dtype, work, config.num_proc, progress)
     del dataset
     shutil.rmtree(cache)
+    lengths = every_length[order]
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    regions = _regions(offsets, config.validation_tokens, sample["documents"])
+    layout = regions(offsets, labels, config.validation_tokens, sample["documents"])
     np.save(work / "doc_offsets.npy", offsets)
     np.save(work / "documents.npy", order.astype(np.int64))
+    seconds["tokenizing"] = time.perf_counter() - clustering - seconds["near_duplicates"]
 
-    seconds = time.perf_counter() - started
+    measured = time.perf_counter()
+    windows, ends = contamination.measure(work / "tokens.bin", dtype, config.validation_tokens, layout["train"]["start"], eod)
+    np.save(work / contamination.FILE, ends)
+    seconds["contamination"] = time.perf_counter() - measured
+    if removed is not None:
+        removed["tokens"] = int(every_length.sum() - lengths.sum())
+
+    total_seconds = time.perf_counter() - started
     manifest = {
         "name": config.name,
         "hash": step_hash(key),
@@ -150,17 +181,42 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress) ->
         "dtype": dtype.name,
         "documents": int(len(lengths)),
         "tokens": int(offsets[-1]),
-        **regions,
+        **layout,
+        "split": {"near_duplicates": config.split.near_duplicates, **cluster_counts(labels)},
+        "dedup": removed,
+        "contamination": contamination.summary(ends, windows, layout["train"]["tokens"]),
         "sha256": {
-            "tokens.bin": tokens_sha,
-            "doc_offsets.npy": file_sha256(work / "doc_offsets.npy"),
-            "documents.npy": file_sha256(work / "documents.npy"),
-            "tokenizer.json": file_sha256(work / "tokenizer.json"),
+            name: tokens_sha if name == "tokens.bin" else file_sha256(work / name)
+            for name in ("tokens.bin", "doc_offsets.npy", "documents.npy", "tokenizer.json", contamination.FILE)
         },
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(int(offsets[-1]) / seconds, 1),
+        "seconds": round(total_seconds, 3),
+        "phase_seconds": {phase: round(value, 3) for phase, value in seconds.items()},
+        "tokens_per_second": round(int(offsets[-1]) / total_seconds, 1),
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _deduplicated(artifact: Path | None, expected: str | None, documents: int) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """(the source indices kept, their signatures if the dedup stage made them, its removal counts); InputError
+    when the artifact is not the one the config's dedup settings make (hash `expected`)."""
+    if artifact is None:
+        return np.arange(documents), None, None
+    kept, sketches, manifest = read_dedup(artifact)
+    if manifest["hash"] != expected:
+        raise InputError("dedup", f"{str(artifact)!r} was made with other settings (hash {manifest['hash']}, expected {expected})")
+    removed = manifest["removed"]
+    counts = {"artifact": artifact.name, "documents": documents - len(kept), "exact": removed["exact"], "near": removed["near"]}
+    return kept, sketches[kept], counts
+
+
+def _clusters(config: TokenizeConfig, dataset, kept: np.ndarray, sketches: np.ndarray | None, progress: Progress) -> np.ndarray:
+    """The near-duplicate cluster of each kept document (a label per document); every document alone when
+    the split does not cluster. Signatures are the dedup stage's when it ran, else computed here."""
+    if config.split.near_duplicates is None:
+        return np.arange(len(kept))
+    if sketches is None:
+        sketches = signatures(read_texts(dataset), config.minhash, lambda done: progress("finding duplicates", done, len(kept)))
+    return clusters(sketches, config.split.near_duplicates, config.minhash)
 
 
 def _training_sample(dataset, order: np.ndarray, characters: int, sample: dict) -> Iterator[str]:
@@ -186,13 +242,13 @@ def _encode(batch: dict, tokenizer, eod: int, dtype: str, corpus_files: set[str]
     """
     tokenizer.encode_special_tokens = True
     encodings = tokenizer.encode_batch_fast([text or "" for text in batch["text"]], add_special_tokens=False)
-    _release_mapped_pages(corpus_files)
+    release_mapped_pages(corpus_files)
     return {"ids": [np.array([*encoding.ids, eod], dtype=dtype) for encoding in encodings]}
 
 
 def _write_tokens(dataset, order, tokenizer, eod, dtype, work, num_proc, progress) -> tuple[np.ndarray, str]:
-    """Tokenize every document and write tokens.bin with the documents in `order`; return their lengths
-    (in `order`) and the file's SHA-256.
+    """Tokenize every document and write tokens.bin with the documents in `order` (those the dedup stage
+    kept); return every document's length (in source order) and the file's SHA-256.
 
     Pass 1 tokenizes the corpus in file order, chunk by chunk, into a scratch file: each chunk holds
     about CHUNK_BYTES of text per process (dealt out so each process gets as many bytes) and reads
@@ -205,10 +261,10 @@ def _write_tokens(dataset, order, tokenizer, eod, dtype, work, num_proc, progres
 
     sizes = pc.binary_length(dataset.data.column("text")).fill_null(0).to_numpy()
     features = datasets.Features({"ids": datasets.List(datasets.Value(dtype.name))})
-    corpus_files = {os.path.realpath(entry["filename"]) for entry in dataset.cache_files}
+    mapped = corpus_files(dataset)
     scratch = work / "cache" / "tokens-in-file-order.bin"
     lengths = []
-    progress("tokenizing", 0, len(order))
+    progress("tokenizing", 0, len(dataset))
     with open(scratch, "wb") as out:
         for start, end in _chunks(sizes, CHUNK_BYTES * num_proc):
             processes = min(num_proc, end - start)
@@ -220,7 +276,7 @@ def _write_tokens(dataset, order, tokenizer, eod, dtype, work, num_proc, progres
                 num_proc=processes if processes > 1 else None,
                 remove_columns=["text"],
                 features=features,
-                fn_kwargs={"tokenizer": tokenizer, "eod": eod, "dtype": dtype.name, "corpus_files": corpus_files},
+                fn_kwargs={"tokenizer": tokenizer, "eod": eod, "dtype": dtype.name, "corpus_files": mapped},
                 cache_file_name=str(work / "cache" / f"tokens-{start}.arrow"),
                 load_from_cache_file=False,
                 new_fingerprint=f"tokens-{start}",
@@ -231,11 +287,11 @@ def _write_tokens(dataset, order, tokenizer, eod, dtype, work, num_proc, progres
             for cache_file in encoded.cache_files:
                 os.remove(cache_file["filename"])
             del encoded
-            progress("tokenizing", end, len(order))
+            progress("tokenizing", end, len(dataset))
     lengths = np.concatenate(lengths).astype(np.int64)
     digest = _shuffle_documents(scratch, work / "tokens.bin", lengths, order, dtype.itemsize)
     os.remove(scratch)
-    return lengths[order], digest
+    return lengths, digest
 
 
 def _shuffle_documents(source: Path, target: Path, lengths: np.ndarray, order: np.ndarray, itemsize: int) -> str:
@@ -251,34 +307,6 @@ def _shuffle_documents(source: Path, target: Path, lengths: np.ndarray, order: n
     return digest.hexdigest()
 
 
-def _release_mapped_pages(files: set[str]) -> None:
-    """Drop this process's resident pages of its read-only mappings of `files` (MADV_DONTNEED).
-
-    The corpus is a memory-mapped Arrow file (`Dataset.cache_files`); every page a batch reads, and
-    the pages the kernel maps around each fault (fault-around, 64 KiB), stay resident in the process
-    until unmapped, so the resident size would grow with the corpus. Only read-only mappings of those
-    files are touched: their pages are clean, and a later read faults them back in.
-    """
-    madvise = _libc_madvise()
-    if madvise is None or not files:
-        return
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].strip() in files and "w" not in fields[1]:
-                start, end = (int(value, 16) for value in fields[0].split("-"))
-                madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
-
-
-@functools.lru_cache(maxsize=1)
-def _libc_madvise():
-    """libc's madvise on Linux (where /proc/self/maps lists the mappings), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
 
 
 def _chunks(sizes: np.ndarray, chunk_bytes: int) -> Iterator[tuple[int, int]]:
@@ -305,26 +333,6 @@ def _deal(sizes: np.ndarray, processes: int) -> np.ndarray:
     shard = np.where(rounds % 2 == 0, seat, processes - 1 - seat)
     return by_size[np.argsort(shard, kind="stable")]
 
-
-def _regions(offsets: np.ndarray, validation_tokens: int, sample_documents: int) -> dict:
-    """The validation and training regions of the token file; InputError when the corpus cannot hold them."""
-    documents, total = len(offsets) - 1, int(offsets[-1])
-    if total == documents:
-        raise InputError("corpus", f"all {documents} documents are empty")
-    validation_documents = int(np.searchsorted(offsets, validation_tokens, side="left"))
-    if validation_documents >= documents:
-        raise InputError("validation_tokens", f"{validation_tokens} leaves no training documents; the corpus has "
-            f"{total} tokens in {documents} documents"
-        )
-    if validation_documents > documents - sample_documents:
-        raise InputError("validation_tokens", f"{validation_tokens} reaches into the {sample_documents} documents the tokenizer "
-            f"was trained on (the corpus has {total} tokens); lower validation_tokens or tokenizer.training_characters"
-        )
-    train_start = int(offsets[validation_documents])
-    return {
-        "validation": {"start": 0, "tokens": validation_tokens, "documents": validation_documents},
-        "train": {"start": train_start, "tokens": total - train_start, "documents": documents - validation_documents},
-    }
 
 
 @contextmanager

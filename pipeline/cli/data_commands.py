@@ -87,3 +87,31 @@ def _summarise(artifact: Path, reused: bool, seconds: float) -> None:
         f"training {manifest['train']['tokens']:,} tokens in {manifest['train']['documents']:,} documents\n"
         f"vocabulary {tokenizer['vocab_size']:,} ({'trained' if tokenizer['trained'] else 'given'})  dtype {manifest['dtype']}"
     )
+    for line in data_quality_lines(manifest):
+        typer.echo(line)
+
+
+def data_quality_lines(manifest: dict) -> list[str]:
+    """What a tokenize manifest says of the split, the dedup and the validation contamination, for people."""
+    split, held_out, dedup = manifest["split"], manifest["held_out"], manifest["dedup"]
+    lines = [
+        f"split: near-duplicates at Jaccard >= {split['near_duplicates']} kept on one side: {split['clusters']:,} clusters, "
+        f"{split['documents_in_clusters']:,} documents share one, largest {split['largest_cluster']:,}; "
+        f"held out of both sides {held_out['tokens']:,} tokens"
+        if split["near_duplicates"] is not None else f"split: documents alone (no near-duplicate clusters); held out {held_out['tokens']:,} tokens"
+    ]
+    if dedup:
+        lines.append(f"dedup ({dedup['artifact']}): removed {dedup['documents']:,} documents ({dedup['exact']:,} exact, "
+                     f"{dedup['near']:,} near duplicates), {dedup['tokens']:,} tokens")
+    lines.append(contamination_line(manifest))
+    return lines
+
+
+def contamination_line(manifest: dict, budgets: dict[int, float] | None = None) -> str:
+    """One line: the share of validation windows found in the training region, overall and at budgets
+    (the given exact ones, else the manifest's powers of two)."""
+    record = manifest["contamination"]
+    shares = budgets or {int(budget): share for budget, share in record["within"].items()}
+    at = ", ".join(f"{format_quantity(budget)} {share:.2%}" for budget, share in sorted(shares.items()))
+    return (f"validation contamination ({record['window_tokens']}-token windows found in training): "
+            f"overall {record['overall']:.2%}; within the first U training tokens: {at}")

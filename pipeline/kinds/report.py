@@ -1,8 +1,9 @@
 """The report kind: a fitted law and the runs -> allocation table, plots and `report.md` (`stages.report`).
 
-It needs the fit and uses every run node, finished or not, so the report names the runs that failed
-and says it is partial. The runs left out are part of its key: the same fit reported for a study
-whose every run finished is another report.
+It needs the fit and the corpus (whose validation contamination it shows at the runs' budgets) and
+uses every run node, finished or not, so the report names the runs that failed and says it is
+partial. The runs left out are part of its key: the same fit reported for a study whose every run
+finished is another report.
 """
 
 from __future__ import annotations
@@ -16,28 +17,29 @@ from pipeline.graph import Outcome
 from pipeline.kinds.fit import finished_records
 from pipeline.store import Step
 from stages.artifacts import atomic_directory
+from stages.contamination import shares_at
 from stages.fit import RUNS
 from stages.record import RunFailure
 from stages.report import REPORT, write_report
 
-REPORT_FORMAT = 2  # in the step's config: a new layout of the report re-runs it
+REPORT_FORMAT = 3  # in the step's config: a new layout of the report re-runs it (3: validation contamination)
 
 
 @dataclass(frozen=True)
 class ReportKind:
-    """Report on a fit; the first input is the fit, the rest are the study's runs."""
+    """Report on a fit; the inputs are the fit, the corpus, then the study's runs."""
 
     stage: str = "report"
     counted: bool = False
 
     def key(self, spec: str, inputs: Sequence[Outcome]) -> Step | None:
         """The report of the fit and of the runs left out (it names them); None when the fit has no step."""
-        fit, runs = inputs[0], inputs[1:]
+        fit, corpus, runs = inputs[0], inputs[1], inputs[2:]
         if fit.step is None:
             return None
         left_out = sorted(run.name for run in runs if not run.done)
         config = {"format": REPORT_FORMAT, **({"left_out": left_out} if left_out else {})}
-        return Step("report", spec, config, [fit.step])
+        return Step("report", spec, config, [fit.step, corpus.step])
 
     def resources(self, spec: str) -> dict[str, float]:
         """One CPU."""
@@ -45,12 +47,14 @@ class ReportKind:
 
     def run(self, spec: str, step: Step, out_dir: Path, inputs: Sequence[Outcome]) -> None:
         """Copy the law and its run table beside the report, so the folder stands alone, and write it."""
-        law_path, runs = Path(inputs[0].value), inputs[1:]
+        law_path, corpus, runs = Path(inputs[0].value), Path(inputs[1].value), inputs[2:]
         failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
+        records = finished_records(runs)
+        shares = shares_at(corpus, sorted({record.unique_tokens for record in records}))
         with atomic_directory(out_dir) as folder:
             for name in (law_path.name, RUNS):
                 shutil.copyfile(law_path.parent / name, folder / name)
-            write_report(folder / law_path.name, finished_records(runs), failed, folder)
+            write_report(folder / law_path.name, records, failed, folder, contamination=shares)
 
     def result(self, spec: str, out_dir: Path) -> str:
         """The path of `report.md`."""
