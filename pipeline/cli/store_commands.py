@@ -52,7 +52,7 @@ def _contamination_lines(store: Path, steps: list) -> list[str]:
     from stages.record import finished_records
 
     corpora = [info for info in steps if info.stage == "tokenize" and info.state is State.DONE]
-    records = finished_records(store) if corpora else []
+    records = finished_records(store).records if corpora else []
     lines = []
     for info in corpora:
         manifest = json.loads((info.path / "manifest.json").read_text())
