@@ -70,7 +70,7 @@ class AddKind:
 
 
 def _block_until_interrupted(out_dir: Path, then: str) -> None:
-    """Say `started` and wait for Ctrl-C (a cancelled task); then clean up slowly and stop, or end the process at once."""
+    """Say `started` and wait for Ctrl-C (the sweep asks its steps to stop); then clean up slowly and stop, or end at once."""
     (out_dir / "started").write_text("")
     try:
         while True:
@@ -161,7 +161,7 @@ def test_an_error_fails_its_step_and_dependants_are_dep_failed_naming_it(cluster
     assert store.explain(outcomes[id(b)].step).reason == f"input failed before: {outcomes[id(a)].step.id}"
 
 
-def test_ctrl_c_waits_for_the_cancelled_steps_and_marks_those_whose_process_is_gone(cluster, tmp_path):
+def test_ctrl_c_waits_for_the_stopped_steps_and_marks_those_whose_process_is_gone(cluster, tmp_path):
     kind, store = AddKind(), Store(tmp_path)
     nodes = [Node(kind, then, Add(then, 1, interrupted=then)) for then in ("slow", "exit")]
     steps = [kind.key(node.spec, []) for node in nodes]
