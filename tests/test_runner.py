@@ -166,9 +166,13 @@ def test_ctrl_c_waits_for_the_stopped_steps_and_marks_those_whose_process_is_gon
     nodes = [Node(kind, then, Add(then, 1, interrupted=then)) for then in ("slow", "exit")]
     steps = [kind.key(node.spec, []) for node in nodes]
     started = lambda: all((store.step_dir(step) / "started").exists() for step in steps)  # noqa: E731
-    threading.Thread(target=_interrupt_when, args=(started,), daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        Runner(tmp_path).run(nodes)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as a terminal's driver gets it
+    try:
+        threading.Thread(target=_interrupt_when, args=(started,), daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            Runner(tmp_path).run(nodes)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for step in steps:  # "slow" marked itself once its clean-up ended, "exit" was marked by the runner
         assert (store.records_dir(step) / INTERRUPTED).exists(), step.name
         assert store.state(step) is State.INTERRUPTED and store.holder(step) is None

@@ -65,6 +65,7 @@ def sweep_command(
             bar.update(task, status=status)
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &` in a script)
     try:
         outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid, wait_nodes=wait_nodes)
     except KeyboardInterrupt:
