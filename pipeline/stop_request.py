@@ -15,6 +15,7 @@ any cluster that shares the store, which every multi-node sweep does.
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ class StopRequest:
                         _thread.interrupt_main()
                         return
 
+        # interrupt_main raises only where Python handles SIGINT: a worker started with it ignored would not
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         watcher = threading.Thread(target=watch, name="dcsl-stop-request", daemon=True)
         watcher.start()
         try:
@@ -65,3 +68,4 @@ class StopRequest:
             with lock:  # an interrupt is raised in the body or here, never after the body's caller moved on
                 done.set()
             watcher.join()
+            signal.signal(signal.SIGINT, previous)

@@ -48,6 +48,7 @@ DATA = {
     "tokenizer": {"vocab_size": VOCAB, "training_characters": "150K"},
     "validation_tokens": "8K",
     "seed": 1,
+    "split": {"near_duplicates": None},  # the split as before clean evaluation: these tests calibrate training, not the split
 }
 # The main run: 2 x 64 model (131,392 parameters, 98,624 non-embedding), 80 steps of 1024 tokens,
 # D = 81,920 tokens over U = 40K (2.048 epochs), checkpoints every 10 steps, the 2 newest kept.
