@@ -10,7 +10,7 @@
    which hold the compilation. An uncompiled run is printed for reference.
 2. DeepSpeed: the same model, seed and data, 60 steps with 2 micro-batches of accumulation,
    backend deepspeed (ZeRO stage 2, one rank) against backend torch (both uncompiled; the
-   config forbids compile with deepspeed). The torch run is repeated once: its own run-to-run
+   config forbids compile with deepspeed), in bf16 autocast or (`--precision fp32`) fp32. The torch run is repeated once: its own run-to-run
    difference (bf16 kernels with atomics are not bitwise deterministic) is the noise floor.
 
 The data is synthetic so that nothing needs downloading or a tokenizer: an order-1 Markov chain
@@ -21,7 +21,7 @@ loss falls from ln(50304) = 10.8 towards ln(4), so the loss curves have a shape 
 Every run is a child process (`--child`), so compilation caches, process groups and GPU memory
 do not carry from one run to the next.
 
-Usage: python bench/bench_train_gpu.py [--only mfu|deepspeed] [--micro 16,32] [--steps 150]
+Usage: python bench/bench_train_gpu.py [--only mfu|deepspeed] [--micro 16,32] [--steps 150] [--precision bf16|fp32]
        python bench/bench_train_gpu.py --smoke    # CPU, tiny shape: checks the code paths, not speed
 On the device machine (no network) pydantic and deepspeed travel as wheels; see BENCHMARKS.md.
 """
@@ -87,7 +87,7 @@ def make_artifact(folder: Path, vocab: int, tokens: int, validation: int, seed: 
 
 
 def run_config(name: str, steps: int, micro: int, accumulation: int, *, compile: bool, backend: str, log_every: int,
-               smoke: bool) -> dict:  # fmt: skip
+               smoke: bool, precision: str = "bf16") -> dict:  # fmt: skip
     """A RunConfig (as a dict) for `steps` optimiser steps of micro * accumulation sequences."""
     seq_len = SMOKE["seq_len"] if smoke else SEQ_LEN
     batch_tokens = micro * accumulation * seq_len
@@ -102,7 +102,7 @@ def run_config(name: str, steps: int, micro: int, accumulation: int, *, compile:
         "optimizer": {"lr": 1e-3, "warmup": 0.1, "final_lr_ratio": 0.1, "weight_decay": 0.1, "grad_clip": 1.0},
         "backend": backend,
         "zero_stage": 2,
-        "precision": "fp32" if smoke else "bf16",
+        "precision": "fp32" if smoke else precision,
         "device": "cpu" if smoke else "cuda",
         "compile": compile,
         "seed": 0,
@@ -169,11 +169,12 @@ def bench_mfu(data: Path, work: Path, micros: list[int], steps: int, smoke: bool
     print(f"RATIO MFU, 124M GPT, our train stage (compile, micro-batch {best[0]}) = {best[3]:.3f}  (target >= {MFU_TARGET})")
 
 
-def bench_deepspeed(data: Path, work: Path, smoke: bool) -> None:
+def bench_deepspeed(data: Path, work: Path, smoke: bool, precision: str) -> None:
     steps, micro, accumulation = (60, 8, 2)
     runs = {}
     for label, backend in (("torch", "torch"), ("torch again", "torch"), ("deepspeed ZeRO-2", "deepspeed")):
-        config = run_config("ds-" + backend, steps, micro, accumulation, compile=False, backend=backend, log_every=1, smoke=smoke)
+        config = run_config("ds-" + backend, steps, micro, accumulation, compile=False, backend=backend, log_every=1, smoke=smoke,
+                            precision=precision)  # fmt: skip
         record, metrics, peak_gib, seconds = launch(config, data, work / label.replace(" ", "-"))
         runs[label] = (record, metrics, peak_gib, seconds)
         losses = [m["loss"] for m in metrics]
@@ -185,7 +186,7 @@ def bench_deepspeed(data: Path, work: Path, smoke: bool) -> None:
         return float(np.max(np.abs(first - second) / np.abs(first)))
 
     seq_len = SMOKE["seq_len"] if smoke else SEQ_LEN
-    print(f"device: {runs['torch'][0]['device']}; {steps} steps of {micro} x {accumulation} sequences of {seq_len} tokens; "
+    print(f"device: {runs['torch'][0]['device']}; {precision}; {steps} steps of {micro} x {accumulation} sequences of {seq_len} tokens; "
           f"peak GPU memory is n/a for deepspeed (its rank runs under torchrun)")
     print(f"  max relative loss difference, torch against torch (noise floor): {max_relative('torch', 'torch again'):.2e}")
     print(f"  validation loss: torch {runs['torch'][0]['val_loss']:.5f}, deepspeed {runs['deepspeed ZeRO-2'][0]['val_loss']:.5f}")
@@ -207,6 +208,7 @@ def main() -> None:
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     micros = [int(m) for m in sys.argv[sys.argv.index("--micro") + 1].split(",")] if "--micro" in sys.argv else [16, 32]
     steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else (30 if smoke else 150)
+    precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "bf16"
     if not smoke:
         import torch
 
@@ -225,7 +227,7 @@ def main() -> None:
             bench_mfu(data, work, [2] if smoke else micros, steps, smoke)
         if only in (None, "deepspeed"):
             print("== DeepSpeed ZeRO-2 against torch, same seed and data ==")
-            bench_deepspeed(data, work, smoke)
+            bench_deepspeed(data, work, smoke, precision)
 
 
 if __name__ == "__main__":

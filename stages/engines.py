@@ -119,6 +119,30 @@ class TorchEngine:
         self.ddp = self.runner = None
 
 
+def precision_of(config: RunConfig, device: torch.device) -> str:
+    """The run's arithmetic: the config's `precision`, where `auto` is bf16 autocast on GPU and fp32 elsewhere."""
+    return config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+
+
+def deepspeed_settings(config: RunConfig, ranks: Ranks, micro_steps: int, micro_batch: int) -> dict:
+    """DeepSpeed's config for this run: batch layout, clipping, ZeRO stage and the run's arithmetic."""
+    settings = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": micro_steps,
+        "train_batch_size": micro_batch * micro_steps * ranks.world,
+        "gradient_clipping": config.optimizer.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+    if precision_of(config, ranks.device) == "bf16":
+        # On GPU DeepSpeed switches an outer torch.autocast off inside its forward unless its own config turns
+        # it on; no "lower precision safe" modules, so gradients are reduced in fp32 as the torch backend does.
+        settings["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    return settings
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO stage 1/2 with a torch AdamW passed in (nothing to compile for the optimiser)."""
 
@@ -129,18 +153,9 @@ class DeepSpeedEngine:
     ):
         import deepspeed
 
-        settings = {
-            "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": micro_steps,
-            "train_batch_size": micro_batch * micro_steps * ranks.world,
-            "gradient_clipping": config.optimizer.grad_clip,
-            "zero_optimization": {"stage": config.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 2**62,
-            "wall_clock_breakdown": False,
-        }
         self.module = model
         self.losses = losses
+        settings = deepspeed_settings(config, ranks, micro_steps, micro_batch)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=adamw(model, config), config=settings)
         self._last_norm = 0.0
 

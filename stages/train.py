@@ -34,7 +34,7 @@ from scaling.atomic import write_text_atomic
 from stages import checkpoint, distributed, host_memory
 from stages.artifacts import step_hash
 from stages.data import TokenData
-from stages.engines import make_engine
+from stages.engines import make_engine, precision_of
 from stages.evaluate import validation_loss
 from stages.metrics import MetricsLog, WandbMirror, peak_flops
 from stages.model import Transformer, token_losses
@@ -81,12 +81,8 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return RunConfig.model_validate_json((Path(run_dir) / RUN_CONFIG).read_text())
 
 
-def _precision(config: RunConfig, device: torch.device) -> str:
-    return config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-
-
 def _autocast(config: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if _precision(config, device) == "bf16":
+    if precision_of(config, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -142,7 +138,7 @@ def _train(
     start_step = state["step"]
     resumed_at = [*state["resumed_at"], start_step] if resume else []
 
-    peak = peak_flops(ranks.device, _precision(config, ranks.device))
+    peak = peak_flops(ranks.device, precision_of(config, ranks.device))
     flops_per_token = shape.flops_per_token
     identity = run_hash(config, data)
     log = MetricsLog(run_dir, start_step if resume else None) if ranks.is_main else None

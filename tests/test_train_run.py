@@ -312,6 +312,37 @@ def test_deepspeed_zero_on_two_cpu_ranks_gives_the_curve_of_one_process(referenc
         assert int(saved["zero_stage"]) == stage and saved["partition_count"] == [2, 2]
 
 
+def test_deepspeed_runs_in_the_bf16_autocast_the_config_asks_for(reference, data, store):
+    # DeepSpeed switches an outer torch.autocast off inside its forward unless its own config turns it on:
+    # on an H200 its bf16 runs were fp32 runs at a quarter of the speed (BENCHMARKS.md)
+    bf16 = {**SMALL, "precision": "bf16"}
+    one_process = train(RunConfig.model_validate({**bf16, "name": "bf16-torch"}), data.path, store)
+    zero = RunConfig.model_validate(
+        {**bf16, "name": "bf16-zero2", "backend": "deepspeed", "zero_stage": 2, "processes": 2, "micro_batch_size": 4}
+    )
+    loss, expected, fp32 = (_column(run, "loss") for run in (train(zero, data.path, store), one_process, reference))
+    # the first loss is the same forward of the same weights: bf16 moves it by ~4e-5 here, reduction order by ~5e-7
+    assert abs(loss[0] - expected[0]) < 0.1 * abs(expected[0] - fp32[0])
+    np.testing.assert_allclose(loss, expected, rtol=1e-3)  # bf16 rounding of differently reduced gradients
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
+def test_deepspeed_is_told_the_arithmetic_of_a_gpu_run(precision):
+    # on a GPU, DeepSpeed turns the outer bf16 autocast off inside its forward unless its config enables it
+    # (the CPU test above cannot see that: DeepSpeed only checks CUDA's autocast), so check what it parses
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from stages.distributed import Ranks
+    from stages.engines import deepspeed_settings
+
+    config = RunConfig.model_validate({**SMALL, "name": "gpu", "device": "auto", "backend": "deepspeed", "precision": precision})
+    parsed = DeepSpeedConfig(deepspeed_settings(config, Ranks(0, 1, 0, torch.device("cuda", 0)), micro_steps=2, micro_batch=8))
+    assert parsed.torch_autocast_enabled == (precision != "fp32")
+    if precision != "fp32":
+        assert parsed.torch_autocast_dtype == torch.bfloat16
+        assert parsed.torch_autocast_lower_precision_safe_modules == []  # gradients reduced in fp32, as by torch
+
+
 # --- divergence ----------------------------------------------------------------------------------
 
 
