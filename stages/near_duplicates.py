@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from stages.host_memory import return_freed_memory
 
 _WORD = re.compile(r"\w+")
-_SHINGLE_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial is a bijection of each word's hash
+_SHINGLE_BASE = np.uint64(0x9E3779B97F4A7C15)  # the multiplier of the polynomial over a shingle's word hashes
 _BATCH = 8192  # shingles per `update_batch`: bounds the (shingles x permutations) array it builds
 LSH_WEIGHTS = (0.1, 0.9)  # false positives against false negatives when datasketch picks the bands: candidates are
 # checked against the threshold, so a false positive costs one comparison and a false negative a missed pair
