@@ -5,6 +5,10 @@
    200 no-work functions called in a plain loop. Target: <= 50 ms per step.
 2. Re-running a finished 200-run sweep: `run_sweep` on a store where every step is done, timed
    beyond Ray's start-up (measured in the same run). Target: <= 5 s.
+3. The sweep's local Ray cluster, started, given one task and stopped (`ray_session()`: a watchdog
+   process, `ray start --head` in its own session, `ray.init(address=...)`) against `ray.init()`
+   starting the same local cluster in the driver, alternated for a few rounds; medians.
+   Target: <= 1.25x.
 
 Usage: python bench/bench_pipeline.py
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +34,7 @@ from pipeline.config import SweepConfig  # noqa: E402
 from pipeline.graph import Node  # noqa: E402
 from pipeline.kinds.tokenize import tokenize_step  # noqa: E402
 from pipeline.kinds.train import train_step  # noqa: E402
-from pipeline.ray_session import start_ray  # noqa: E402
+from pipeline.ray_session import ray_session  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
 from pipeline.store import State, Step, Store  # noqa: E402
 from pipeline.sweep import run_sweep  # noqa: E402
@@ -115,8 +120,8 @@ def bench_rerun(root: Path) -> None:
     runs = _fake_finished_runs(sweep, root)
     run_sweep(sweep)  # the first pass fits and reports; every later pass finds all done
     started = time.perf_counter()
-    start_ray(None)
-    ray.shutdown()  # run_sweep starts and shuts down its local Ray too: both are Ray's fixed cost
+    with ray_session():  # run_sweep starts and stops its local Ray too: both are Ray's fixed cost
+        pass
     ray_cost = time.perf_counter() - started
     started = time.perf_counter()
     outcome = run_sweep(sweep)
@@ -126,14 +131,43 @@ def bench_rerun(root: Path) -> None:
     print(f"RATIO re-run beyond Ray start-up = {total - ray_cost:.2f} s  (target <= 5 s)")
 
 
+@ray.remote
+def _one() -> int:
+    return 1
+
+
+def _started_and_stopped(ours: bool) -> float:
+    """Seconds to start a local cluster, run one task on it and stop it: ours, or `ray.init`'s own."""
+    started = time.perf_counter()
+    if ours:
+        with ray_session():
+            ray.get(_one.remote())
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.get(_one.remote())
+        ray.shutdown()
+    return time.perf_counter() - started
+
+
+def bench_startup(rounds: int = 5) -> None:
+    times = {False: [], True: []}
+    for _ in range(rounds):
+        for ours in (False, True):
+            times[ours].append(_started_and_stopped(ours))
+    baseline, ours = statistics.median(times[False]), statistics.median(times[True])
+    print(f"  {rounds} rounds, medians: ray.init's own local cluster {baseline:.2f} s, ours (watchdog + ray start) {ours:.2f} s")
+    print(f"RATIO local cluster start + one task + stop, ours / ray.init = {ours / baseline:.2f}  (target <= 1.25)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dcsl-bench-pipeline-") as folder:
         print("== orchestration overhead ==")
-        start_ray(None)
-        bench_overhead(Path(folder) / "overhead")
-        ray.shutdown()
+        with ray_session():
+            bench_overhead(Path(folder) / "overhead")
         print("== re-running a finished sweep ==")
         bench_rerun(Path(folder) / "rerun")
+    print("== the local cluster's start-up ==")
+    bench_startup()
 
 
 if __name__ == "__main__":

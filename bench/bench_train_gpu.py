@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from stages.artifacts import mark_success  # noqa: E402
+
 VOCAB = 50304
 SEQ_LEN = 1024
 SMOKE = {"vocab": 4096, "seq_len": 64, "model": {"layers": 2, "width": 64, "heads": 2}}  # --smoke: CPU, tiny
@@ -80,7 +82,7 @@ def make_artifact(folder: Path, vocab: int, tokens: int, validation: int, seed: 
         "train": {"start": validation, "tokens": tokens - validation, "documents": 1},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (folder / "SUCCESS").write_text("")
+    mark_success(folder)
     return folder
 
 

@@ -85,19 +85,16 @@ TrainConfig = create_model(
 
 
 class Resources(BaseModel):
-    """What one run asks of the cluster: CPUs and GPUs on each of `nodes` machines."""
+    """What one run asks of the cluster: CPUs and GPUs on each of `nodes` machines.
+
+    A GPU run has one rank per GPU; a CPU run has `train.processes` ranks, an equal share on each node.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     cpus: int = Field(1, ge=1, description="CPUs per node")
     gpus: int = Field(0, ge=0, le=64, description="GPUs per node; one rank per GPU")
-    nodes: int = Field(1, ge=1, description="machines; more than one needs GPUs")
-
-    @model_validator(mode="after")
-    def _nodes_need_gpus(self) -> Resources:
-        if self.nodes > 1 and self.gpus == 0:
-            raise InputError("nodes", f"{self.nodes} nodes need gpus >= 1 per node; a CPU run uses one machine")
-        return self
+    nodes: int = Field(1, ge=1, description="machines the run's ranks are spread over")
 
 
 class ModelEntry(ModelConfig):
@@ -228,9 +225,8 @@ class SweepConfig(BaseModel):
             raise InputError(f"{where}.gpus", f"{resources.gpus} GPUs asked for, but train.device is 'cpu'; use gpus: 0 or device auto/cuda")
         if not resources.gpus and device == "cuda":
             raise InputError(f"{where}.gpus", "0, but train.device is 'cuda'; a CUDA run needs gpus >= 1")
-        processes = self.train_for(model).processes
-        if not resources.gpus and resources.cpus < processes:
-            raise InputError(f"{where}.cpus", f"{resources.cpus} is fewer than the {processes} train.processes of a CPU run")
+        if not resources.gpus:
+            _check_cpu_ranks(resources, self.train_for(model).processes, where)
         return resources
 
     def vocab_size(self) -> int:
@@ -262,7 +258,7 @@ class RunSpec:
 
     @property
     def world_size(self) -> int:
-        """Ranks the run is trained with: one per GPU, else `config.processes` on one machine."""
+        """Ranks the run is trained with: one per GPU, else `config.processes`, spread evenly over its nodes."""
         return _world_size(self.resources, self.config.processes)
 
 
@@ -369,6 +365,16 @@ def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int
         flops=6.0 * counts.non_embedding * tokens, flops_full=float(shape.flops_per_token.full * tokens),
         resources=resources, target=dict(target),
     )  # fmt: skip
+
+
+def _check_cpu_ranks(resources: Resources, processes: int, where: str) -> None:
+    """InputError unless a CPU run's `processes` ranks split evenly over its nodes, with a CPU for each rank."""
+    nodes, per_node = resources.nodes, processes // resources.nodes
+    if processes % nodes:
+        raise InputError(f"{where}.nodes", f"{nodes} nodes can't share the {processes} train.processes of a CPU run evenly")
+    if resources.cpus < per_node:
+        spread = f" over {nodes} nodes ({per_node} per node)" if nodes > 1 else ""
+        raise InputError(f"{where}.cpus", f"{resources.cpus} is fewer than the {processes} train.processes of a CPU run{spread}")
 
 
 def _world_size(resources: Resources, processes: int) -> int:

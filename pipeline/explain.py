@@ -1,10 +1,10 @@
 """Why a sweep runs a step, or doesn't (`dcsl sweep --explain`).
 
-A step that is done or running elsewhere is not run; one that failed, whose input failed, or that
-was interrupted is run again, and the reason says so. A new step is compared with the most
-recently started other version of it (same stage and name, another hash): the reason names the
-config fields that changed (dotted, with old and new values) and the inputs that changed (keyed
-by `<stage>/<name>`), so "new" means no earlier version was ever started.
+A step that is done or running elsewhere is not run; one that failed, whose input failed, that was
+interrupted, or whose finished output is damaged is run again, and the reason says so. A new step
+is compared with the most recently started other version of it (same stage and name, another
+hash): the reason names the config fields that changed (dotted, with old and new values) and the
+inputs that changed (keyed by `<stage>/<name>`), so "new" means no earlier version was ever started.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ _STEP_ID = re.compile(rf"(?P<stage>[^/]+)/(?P<name>.+)-(?P<hash>{HASH})")
 def decide(step: Step, info: StepInfo, versions: Iterable[dict]) -> Decision:
     """Whether a sweep will run `step`, and why, from what the store found about it (`info`) and the
     `step.json` records of its other versions (read only for a new step): done, new, config changed
-    (which fields), input changed (which), failed before, input failed, interrupted, running elsewhere."""
+    (which fields), input changed (which), failed before, input failed, interrupted, damaged, running
+    elsewhere."""
     state = info.state
     if state is State.DONE:
         return Decision(False, "done", state)
+    if state is State.DAMAGED:
+        return Decision(True, f"damaged ({info.detail}): runs again", state)
     if state is State.RUNNING:
         return Decision(False, f"running elsewhere ({info.detail})", state)
     if state is State.FAILED:

@@ -11,9 +11,11 @@ For each node, once every input has an outcome:
 Ray retries a task whose worker died (`RETRIES` times); after that the step is recorded FAILED
 ("worker died ...; out of memory?") and the rest goes on. A task that raises (the store could not
 be written: a full disk, a read-only filesystem) is FAILED with its error the same way; where the
-store can't take the marker either, the outcome still carries the cause. Ctrl-C cancels the running
-tasks (their steps are marked INTERRUPTED by the store) and propagates. Progress counts the nodes
-of kinds marked `counted` (the runs of a study), only those of this graph.
+store can't take the marker either, the outcome still carries the cause. Ctrl-C asks the running
+tasks to stop (`pipeline.stop_request`: their steps end INTERRUPTED as the store marks them), waits
+(up to `STOP_WAIT` seconds) for them to end, marks INTERRUPTED any of their steps whose lease a
+process that is gone still holds, and propagates. Progress counts the nodes of kinds marked
+`counted` (the runs of a study), only those of this graph.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from pipeline.graph import Node, Outcome, StepKind, in_order, planned_outcomes
+from pipeline.stop_request import StopRequest
 from pipeline.store import Decision, State, Step, Store
 
 RETRIES = 2
+STOP_WAIT = 30.0  # seconds an interrupted sweep waits for its stopped tasks to record how they ended
 INJECT_ENV = "DCSL_INJECT_FAILURE"  # comma-separated node names whose work raises instead of running (tests, drills)
 
 Progress = Callable[[dict], None]
@@ -40,8 +45,9 @@ nothing about the pace) and once none are left."""
 
 
 @ray.remote(max_retries=RETRIES)
-def _execute(root: str, kind: StepKind, spec: Any, step: Step, inputs: list[Outcome], inject: bool) -> tuple[State, Any]:
-    """Run one node's work under its step's lease; its state, and its value when it finished."""
+def _execute(root: str, kind: StepKind, spec: Any, step: Step, inputs: list[Outcome], inject: bool,
+             stop: StopRequest) -> tuple[State, Any]:  # fmt: skip
+    """Run one node's work under its step's lease until done or stopped; its state, and its value when it finished."""
     store = Store(root)
     out_dir = store.step_dir(step)
 
@@ -50,7 +56,13 @@ def _execute(root: str, kind: StepKind, spec: Any, step: Step, inputs: list[Outc
             raise RuntimeError(f"injected failure ({INJECT_ENV})")
         kind.run(spec, step, out_dir, inputs)
 
-    state = store.run(step, work)
+    try:
+        if stop.made:
+            raise KeyboardInterrupt("the sweep asked its steps to stop")
+        with stop.watched():
+            state = store.run(step, work)
+    except KeyboardInterrupt:  # the step, if claimed here, is INTERRUPTED and its lease released
+        return State.INTERRUPTED, None
     return state, kind.result(spec, out_dir) if state is State.DONE else None
 
 
@@ -68,6 +80,7 @@ class Runner:
         self.inject = injected_names()
         self.outcomes: dict[int, Outcome] = {}
         self.running: dict[ray.ObjectRef, tuple[Node, Step]] = {}
+        self.stop = StopRequest.new(self.store.root)
         self._counted: list[Node] = []
         self._finished_here = 0
         self._started = time.perf_counter()
@@ -88,10 +101,23 @@ class Runner:
                         self._collect(ref)
                 self._report()
         except KeyboardInterrupt:
-            for ref in self.running:
-                ray.cancel(ref)
+            self._stop_running()
             raise
         return self.outcomes
+
+    def _stop_running(self) -> None:
+        """Ask the running tasks to stop, wait (up to `STOP_WAIT` s) for them to end, and mark INTERRUPTED
+        each of their steps whose lease is still held by a process that is gone."""
+        refs = list(self.running)
+        if not refs:
+            return
+        with suppress(OSError):  # a store that can't be written: the tasks go with the cluster
+            self.stop.make()
+        with suppress(ray.exceptions.RayError):  # Ray failing now must not hide the interrupt; the markers still get written
+            ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT)
+        for _, step in self.running.values():
+            with suppress(OSError):  # a store that can't be written: the lease, gone stale, says the same
+                self.store.interrupt_abandoned(step, "the sweep was interrupted")
 
     def _dispatch(self, node: Node) -> None:
         inputs = [self.outcomes[id(source)] for source in node.inputs]
@@ -110,7 +136,7 @@ class Runner:
         else:
             options = {**node.kind.resources(node.spec), "name": f"{node.kind.stage}:{node.name}"}
             ref = _execute.options(**options).remote(str(self.store.root), node.kind, node.spec, step, inputs,
-                                                     node.name in self.inject)  # fmt: skip
+                                                     node.name in self.inject, self.stop)  # fmt: skip
             self.running[ref] = (node, step)
 
     def _collect(self, ref: ray.ObjectRef) -> None:
@@ -180,15 +206,22 @@ def _crash_message(error: Exception) -> str:
 
 
 def explain(nodes: Sequence[Node], store: Store) -> list[tuple[Node, Decision | None]]:
-    """For every node that can be keyed before running: whether it will run and why; None for the others."""
+    """For every node that can be keyed before running: whether it will run and why; None for the others.
+
+    A node keyed by what its inputs yield (`static=False`: a fit over the runs that finished) can be
+    keyed when every node it `uses` is done already (the fit of a finished study).
+    """
+    ordered = list(in_order(nodes))
     keys: dict[int, Step | None] = {}
-    decisions = []
-    for node in in_order(nodes):
-        if not node.static:
-            keys[id(node)] = None
-            decisions.append((node, None))
-            continue
-        step = node.kind.key(node.spec, planned_outcomes(node, keys))
+    decided: dict[int, Decision | None] = {}
+    for node in ordered:
+        step = node.kind.key(node.spec, planned_outcomes(node, keys)) if _keyable(node, decided) else None
         keys[id(node)] = step
-        decisions.append((node, store.explain(step) if step is not None else None))
-    return decisions
+        decided[id(node)] = store.explain(step) if step is not None else None
+    return [(node, decided[id(node)]) for node in ordered]
+
+
+def _keyable(node: Node, decided: dict[int, Decision | None]) -> bool:
+    """Whether the node's step is known before running: it is static, or every node it uses is done."""
+    used = [decided[id(source)] for source in node.uses]
+    return node.static or all(decision is not None and decision.state is State.DONE for decision in used)

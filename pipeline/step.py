@@ -36,6 +36,8 @@ class State(str, Enum):
 
     NEW = "new"
     DONE = "done"
+    DAMAGED = "damaged"
+    """Finished, but a file is missing or not as its `SUCCESS` records it (`stages.artifacts.damage`): it runs again."""
     FAILED = "failed"
     DEP_FAILED = "dep_failed"
     INTERRUPTED = "interrupted"
@@ -98,7 +100,7 @@ class StepInfo(NamedTuple):
     state: State
     path: Path
     detail: str
-    """The failure message, the holder of a running step, the failed input; empty otherwise."""
+    """The failure message, the holder of a running step, the failed input, what is damaged; empty otherwise."""
     record: dict | None
     """The step's `step.json` when it was started through the store."""
 

@@ -9,14 +9,18 @@ A step (`pipeline.step.Step`) lives at `<stage>/<name>-<hash>` in the store. Lay
         DEP_FAILED      JSON: which input failed
         INTERRUPTED     JSON: why the run stopped (Ctrl-C, SystemExit, ...); it resumes on rerun
         leases/         the claims on the step (`pipeline.lease`)
+    <store>/.stop/<id>                      an interrupted sweep's request that its steps stop (`pipeline.stop_request`)
 
 The records live beside the output, not in it, because stages that build their output atomically
 (`stages.artifacts.atomic_directory`) replace the output directory wholesale. `SUCCESS` is written
 by `stages.artifacts.mark_success` alone, whether the store or a stage finishes the step.
 
-States, first match wins: DONE (`SUCCESS` exists: whoever wrote it, the store or a stage);
-RUNNING (a live lease); FAILED; DEP_FAILED; INTERRUPTED (a marker, a stale lease, or partial output
-without a lease: a process was preempted or killed, the rerun resumes from its checkpoints); NEW.
+States, first match wins: DONE (`SUCCESS` exists, whoever wrote it, the store or a stage, and the
+output is as it records: `stages.artifacts.damage`); DAMAGED (`SUCCESS` exists but a file is missing
+or not as written: claiming the step moves that `SUCCESS` aside, to `SUCCESS.damaged`, and runs it
+again: a train run resumes from its last checkpoint, an atomic output is rebuilt); RUNNING (a live
+lease); FAILED; DEP_FAILED; INTERRUPTED (a marker, a stale lease, or partial output without a lease:
+a process was preempted or killed, the rerun resumes from its checkpoints); NEW.
 
 Use, inside whatever process does the work (a Ray task, a plain loop):
 
@@ -51,7 +55,7 @@ from pipeline.lease import Lease, LeaseInfo, acquire, current_lease, mark_releas
 from pipeline.step import Decision, State, Step, StepInfo, split_dirname
 from scaling import dcsl_version
 from scaling.atomic import write_text_atomic
-from stages.artifacts import SUCCESS, artifact_dir, is_complete, mark_success
+from stages.artifacts import SUCCESS, artifact_dir, damage, is_complete, mark_success, set_aside
 
 __all__ = [
     "DEFAULT_LEASE_TIMEOUT", "DEP_FAILED", "FAILED", "INTERRUPTED", "LEASES", "RECORDS", "STEP_JSON",
@@ -106,7 +110,7 @@ class Store:
         return self._inspect(step.stage, step.name, step.hash).state
 
     def is_done(self, step: Step) -> bool:
-        """Whether the step's `SUCCESS` exists."""
+        """Whether the step's `SUCCESS` exists and its output is whole."""
         return is_complete(self.step_dir(step))
 
     def holder(self, step: Step) -> LeaseInfo | None:
@@ -132,8 +136,9 @@ class Store:
         def info(state: State, detail: str = "") -> StepInfo:
             return StepInfo(stage, name, digest, state, out, detail, _read_json(records / STEP_JSON) if with_record else None)
 
-        if is_complete(out):
-            return info(State.DONE)
+        if (out / SUCCESS).is_file():
+            problem = damage(out)
+            return info(State.DONE) if problem is None else info(State.DAMAGED, problem)
         if not records.is_dir():
             return info(State.INTERRUPTED if out.is_dir() else State.NEW, "output without SUCCESS" if out.is_dir() else "")
         lease = self._lease(records)
@@ -176,11 +181,27 @@ class Store:
             current = self._lease(records)
             if current is None or current.released or current.slurm_job_id != str(job_id):
                 continue
-            content = {"reason": reason, "owner": current.owner, "slurm_job_id": str(job_id), **_who(self.host)}
-            _write_json(records / INTERRUPTED, content)
-            mark_released(leases, current.generation)
+            self._interrupt(records, current, reason)
             interrupted.append(f"{records.parent.parent.name}/{records.name}")
         return interrupted
+
+    def interrupt_abandoned(self, step: Step, reason: str) -> bool:
+        """Mark the step INTERRUPTED and release its lease if the lease's holder is gone; whether it did.
+
+        Gone: its process ended (judged on its own host) or its heartbeat is older than `lease_timeout`.
+        A live holder, a released lease or a finished step are left as they are.
+        """
+        records = self.records_dir(step)
+        current = self._lease(records)
+        if current is None or current.released or current.live or self.is_done(step):
+            return False
+        self._interrupt(records, current, reason)
+        return True
+
+    def _interrupt(self, records: Path, lease: LeaseInfo, reason: str) -> None:
+        content = {"reason": reason, "owner": lease.owner, "slurm_job_id": lease.slurm_job_id, **_who(self.host)}
+        _write_json(records / INTERRUPTED, content)
+        mark_released(records / LEASES, lease.generation)
 
     def check_writable(self) -> None:
         """Create the root if missing and write and remove a probe file in it; the OSError when that fails."""
@@ -240,9 +261,10 @@ class Store:
     def claim(self, step: Step, *, heartbeat: bool = True) -> Iterator[Lease | None]:
         """Hold the step's lease for the body, or yield None when this process must not run it.
 
-        None: the step is done, or another process holds a live lease. With a lease: `step.json` is
-        written and old FAILED / DEP_FAILED / INTERRUPTED markers are cleared before the body runs,
-        and a heartbeat thread keeps the lease live (`heartbeat=False`: call `lease.beat()` yourself).
+        None: the step is done, or another process holds a live lease. With a lease: a damaged step's
+        `SUCCESS` is moved aside (`stages.artifacts.set_aside`), `step.json` is written and old FAILED /
+        DEP_FAILED / INTERRUPTED markers are cleared before the body runs, and a heartbeat thread keeps
+        the lease live (`heartbeat=False`: call `lease.beat()` yourself).
         When the body returns, `SUCCESS` is written in the output directory unless the stage wrote it;
         when it raises an Exception, `FAILED` records it (with the traceback) and it propagates;
         KeyboardInterrupt, SystemExit and other BaseExceptions write `INTERRUPTED` instead. The lease
@@ -253,9 +275,11 @@ class Store:
             yield None
             return
         try:
-            if _listed(self.step_dir(step), SUCCESS):  # finished between our look and our claim
-                yield None
-                return
+            if _listed(self.step_dir(step), SUCCESS):
+                if self.is_done(step):  # finished between our look and our claim
+                    yield None
+                    return
+                set_aside(self.step_dir(step))  # damaged: it runs again
             self._start(step, lease)
             if heartbeat:
                 lease.start_heartbeat(self.heartbeat_interval)
@@ -331,7 +355,7 @@ class Store:
 
     def explain(self, step: Step) -> Decision:
         """Whether a sweep will run `step`, and why: done, new, config changed (which fields),
-        input changed (which), failed before, input failed, interrupted, running elsewhere."""
+        input changed (which), failed before, input failed, interrupted, damaged, running elsewhere."""
         return decide(step, self._inspect(step.stage, step.name, step.hash), self._versions(step))
 
     def _versions(self, step: Step) -> Iterator[dict]:

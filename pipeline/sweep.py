@@ -26,7 +26,7 @@ from pipeline.kinds.fit import FitKind, FitSpec
 from pipeline.kinds.report import ReportKind
 from pipeline.kinds.tokenize import TokenizeKind
 from pipeline.kinds.train import TrainKind
-from pipeline.ray_session import start_ray
+from pipeline.ray_session import ray_session
 from pipeline.runner import Progress, Runner
 from pipeline.store import State, Store
 from scaling.errors import InputError
@@ -83,8 +83,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
     """Run (or resume) the whole sweep and return its outcome; Ctrl-C cancels the running tasks cleanly."""
     root = Path(sweep.store).resolve()
     planned = expand(sweep, skip_invalid=skip_invalid)  # every check that needs no corpus, before any work
-    started_here = start_ray(address, wait_nodes)
-    try:
+    with ray_session(address, wait_nodes):
         check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)
         _check_store(root)
         runner = Runner(root, progress)
@@ -94,9 +93,6 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
         graph = sweep_graph(sweep, corpus_tokens, skip_invalid=skip_invalid, corpus=corpus)
         outcomes = runner.run(graph.nodes)  # the corpus's outcome is known: it is not dispatched again
         return _outcome(graph, outcomes)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _check_store(root: Path) -> None:

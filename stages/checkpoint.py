@@ -13,7 +13,6 @@ step's batch is computed from the seed alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from scaling.atomic import write_text_atomic
+from stages.artifacts import fingerprints, mismatch
 from stages.distributed import Ranks, barrier
 
 FOLDER = "checkpoints"
@@ -72,27 +72,7 @@ def damage(folder: Path) -> str | None:
         recorded = json.loads((folder / STATE).read_text()).get("files", {})  # none recorded: written before checks
     except (OSError, ValueError, AttributeError) as err:
         return f"{STATE} unreadable: {type(err).__name__}"
-    for name, expected in recorded.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            return f"{name} is not as written"
-    return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files(work: Path) -> dict[str, dict]:
-    """Size and SHA-256 of every file under `work` (what `state.json` records)."""
-    return {str(p.relative_to(work)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(work.rglob("*")) if p.is_file() and p.name != STATE}  # fmt: skip
+    return mismatch(folder, recorded)
 
 
 def _rng_state() -> dict:
@@ -122,7 +102,8 @@ def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int)
     torch.save(_rng_state(), work / f"rng-{ranks.rank}.pt")
     barrier()
     if ranks.is_main:
-        record = {**state, "step": step, "world": ranks.world, "files": _files(work)}
+        files = fingerprints(work, leave_out=STATE, whole_limit=None)  # every file hashed whole, whatever its size
+        record = {**state, "step": step, "world": ranks.world, "files": files}
         write_text_atomic(work / STATE, json.dumps(record, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         work.rename(final)

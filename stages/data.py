@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from scaling.errors import InputError
-from stages.artifacts import is_complete
+from stages.artifacts import damage
 
 
 class TokenData:
@@ -23,8 +23,8 @@ class TokenData:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if not is_complete(self.path):
-            raise InputError("tokens", f"{str(self.path)!r} is not a finished tokenize artifact (no SUCCESS file)")
+        if (problem := damage(self.path)) is not None:
+            raise InputError("tokens", f"{str(self.path)!r} is not a usable tokenize artifact: {problem}")
         self.manifest: dict = json.loads((self.path / "manifest.json").read_text())
 
     @cached_property

@@ -7,12 +7,15 @@ MASTER_ADDR / MASTER_PORT. A process group that already exists (Ray Train makes 
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import sys
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before any group exists: see `start`
 
 
 class Ranks(NamedTuple):
@@ -47,6 +50,9 @@ def start(device_choice: str, backend: str) -> Ranks:
     """Join the run's process group (creating it when there are several ranks) and pick the device.
 
     DeepSpeed always wants a process group, so a single DeepSpeed rank gets a one-member group.
+    `torch.distributed.nn` (which DDP and DeepSpeed import through `torch._dynamo`) is imported at
+    the top of this module, before the group exists: its functions take `group.WORLD` as a default
+    argument, and imported later they would hold the group, and its threads, until the interpreter exits.
     """
     device = resolve_device(device_choice)
     rank, world, local_rank = env_ranks()
@@ -68,9 +74,22 @@ def start(device_choice: str, backend: str) -> Ranks:
     return Ranks(rank, world, local_rank, device)
 
 
-def stop() -> None:
-    """Leave the process group, if there is one."""
-    if dist.is_initialized():
+def stop(wait: bool = True) -> None:
+    """Leave the process group in order: wait for every rank (if `wait`), free what still holds its groups, destroy them.
+
+    A group's threads (gloo's worker and socket loops) end when its last reference goes; threads
+    still running while the interpreter exits can abort a rank whose run had finished. Call this
+    after the engine is closed (`engines.*.close`); a rank that failed passes `wait=False`.
+    """
+    if not dist.is_initialized():
+        return
+    if wait:
+        barrier()
+    gc.collect()  # the closed engine's reference cycles: the last holders of its groups
+    deepspeed_comm = sys.modules.get("deepspeed.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()  # torch's destroy, then DeepSpeed drops its own references to the groups
+    else:
         dist.destroy_process_group()
 
 

@@ -114,6 +114,10 @@ class TorchEngine:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def close(self) -> None:
+        """Drop the DDP wrapper, so that nothing of this engine holds the process group any more."""
+        self.ddp = self.runner = None
+
 
 class DeepSpeedEngine:
     """DeepSpeed ZeRO stage 1/2 with a torch AdamW passed in (nothing to compile for the optimiser)."""
@@ -178,6 +182,12 @@ class DeepSpeedEngine:
         path, _ = self.engine.load_checkpoint(str(folder), tag=self.TAG, load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"checkpoint: {folder} holds no DeepSpeed state")
+
+    def close(self) -> None:
+        """Release DeepSpeed's engine (its gradient hooks and optimiser, which hold the process groups)."""
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
 
 
 def make_engine(

@@ -1,9 +1,16 @@
 """Starting a run on this machine: in this process, or as `processes` ranks under torchrun.
 
-`train(config, data_path, store)` returns the finished run directory, reusing it when its
-`SUCCESS` exists and resuming from its latest checkpoint otherwise. One torch rank runs in this
-process; several ranks (or a DeepSpeed run, which always wants a process group) run under
-`python -m torch.distributed.run`, whose progress is followed through `metrics.jsonl`.
+`train(config, data_path, store)` returns the finished run directory, reusing it when it is finished
+and whole (`stages.artifacts.is_complete`) and resuming from its latest checkpoint otherwise: a
+damaged finished run resumes from its final checkpoint, so it only evaluates and writes its record
+again. One torch rank runs in this process; several ranks (or a DeepSpeed run, which always wants a
+process group) run under `python -m torch.distributed.run`, whose progress is followed through
+`metrics.jsonl`.
+
+Rank 0 writes `run.json` only once every rank has finished the run, so a run whose record exists
+is complete even if a rank then dies on its way out (a crash at interpreter exit): it is finished,
+with a `TeardownWarning` (also written to the workers' log). Without a record, a non-zero exit
+fails the run: `RunDiverged` if the run recorded a divergence, `WorkersFailed` otherwise.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from scaling.errors import InputError
@@ -32,6 +41,10 @@ WORKER_LOG = "workers.log"
 
 class WorkersFailed(RuntimeError):
     """The ranks of a run exited with an error; the message ends with their log's last lines."""
+
+
+class TeardownWarning(UserWarning):
+    """A rank exited with an error after the run had finished (its record written); the run is complete."""
 
 
 def run_path(config: RunConfig, data_path: Path, store: Path) -> Path:
@@ -67,6 +80,7 @@ def prepare(config: RunConfig, data_path: Path, store: Path, world: int | None =
     check_resumable(config, run_dir, world or config.processes)
     write_run_config(config, run_dir)
     (run_dir / FAILED).unlink(missing_ok=True)
+    (run_dir / RECORD).unlink(missing_ok=True)  # so that a record found after the ranks exit is theirs
     return run_dir
 
 
@@ -112,7 +126,9 @@ def _torchrun(config: RunConfig, data_path: Path, run_dir: Path, progress: Progr
             if workers.poll() is None:
                 workers.kill()
                 workers.wait()
-    if workers.returncode == 0 and (run_dir / RECORD).exists():
+    if (run_dir / RECORD).exists():
+        if workers.returncode != 0:
+            _warn_teardown(log_path, workers.returncode)
         return
     if (run_dir / FAILED).exists():
         failed = json.loads((run_dir / FAILED).read_text())
@@ -122,6 +138,23 @@ def _torchrun(config: RunConfig, data_path: Path, run_dir: Path, progress: Progr
     from_ranks = [match.group(0) for match in errors if match.group(1)]  # a rank's own error before torchrun's summary
     cause = (from_ranks or [match.group(0) for match in errors] or lines[-1:] or ["no output"])[0]
     raise WorkersFailed(f"the {config.processes} ranks of {run_dir.name} exited with {workers.returncode}: {cause} (log: {log_path})")
+
+
+def _teardown_note(log: str, returncode: int) -> str:
+    """What torchrun's failure summary in `log` says of the rank that failed first, for a run that had finished."""
+    found = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", log, re.DOTALL)
+    if found is None:
+        return f"the ranks exited with status {returncode} after the run finished; the run is complete"
+    rank, code = int(found.group(1)), int(found.group(2))
+    how = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else f"status {code}"
+    return f"rank {rank} exited with {how} after the run finished; the run is complete"
+
+
+def _warn_teardown(log_path: Path, returncode: int) -> None:
+    note = _teardown_note(log_path.read_text(errors="replace"), returncode)
+    with open(log_path, "a") as log:
+        log.write(f"warning: {note}\n")
+    warnings.warn(note, TeardownWarning, stacklevel=4)
 
 
 class _MetricsFollower:

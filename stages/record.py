@@ -18,6 +18,7 @@ from typing import NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scaling.errors import InputError
+from stages.artifacts import SUCCESS, damage
 
 RECORD = "run.json"
 
@@ -104,9 +105,33 @@ class RunFailure(NamedTuple):
     reason: str
 
 
-def finished_records(store: Path) -> list[RunRecord]:
-    """The records of every finished run in the store (`train/*/run.json` beside a `SUCCESS`), by name."""
-    from stages.artifacts import is_complete
+class StoreRuns(NamedTuple):
+    """A store's finished runs: the records of the whole ones, and the damaged ones left out."""
 
-    paths = sorted(Path(store).glob(f"train/*/{RECORD}"))
-    return sorted((read_record(path.parent) for path in paths if is_complete(path.parent)), key=lambda record: record.name)
+    records: list[RunRecord]
+    """By name."""
+    damaged: list[tuple[str, str]]
+    """`(train/<name>-<hash>, what is wrong)` per run left out: files not as `SUCCESS` records them, an unreadable record."""
+
+
+def finished_records(store: Path) -> StoreRuns:
+    """The records of every finished, whole run in the store (`train/*/` with a `SUCCESS`), and the damaged ones."""
+    records, damaged = [], []
+    for success in sorted(Path(store).glob(f"train/*/{SUCCESS}")):
+        found = _whole_record(success.parent)
+        if isinstance(found, RunRecord):
+            records.append(found)
+        else:
+            damaged.append((f"train/{success.parent.name}", found))
+    return StoreRuns(sorted(records, key=lambda record: record.name), damaged)
+
+
+def _whole_record(run_dir: Path) -> RunRecord | str:
+    """The record of a finished run, or what is wrong with it."""
+    problem = damage(run_dir)
+    if problem is not None:
+        return problem
+    try:
+        return read_record(run_dir)
+    except InputError as error:
+        return error.problem

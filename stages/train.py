@@ -44,6 +44,8 @@ from stages.sampler import SequenceSampler
 
 RUN_CONFIG = "run_config.json"
 FAILED = "failed.json"
+ABORT_AFTER_RUN = "DCSL_ABORT_AFTER_RUN"
+"""Test hook: `DCSL_ABORT_AFTER_RUN=R` makes rank R of `main` abort (SIGABRT) after its run finished, as a crash at exit would."""
 
 Progress = Callable[[dict, int], None]
 """progress(metric record, total steps), called on rank 0 after each logged step."""
@@ -105,13 +107,20 @@ def train_loop(config: RunConfig, data_path: Path, run_dir: Path, progress: Prog
     owns_group = not dist.is_initialized()
     ranks = distributed.start(config.device, config.backend)
     try:
-        return _train(config, TokenData(data_path), Path(run_dir), ranks, progress)
-    finally:
+        with contextlib.ExitStack() as teardown:  # the engine closes here, before the group goes
+            record = _train(config, TokenData(data_path), Path(run_dir), ranks, progress, teardown)
+    except BaseException:
         if owns_group:
-            distributed.stop()
+            distributed.stop(wait=False)  # a failed rank does not wait: the others may never come
+        raise
+    if owns_group:
+        distributed.stop()
+    return record
 
 
-def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None) -> RunRecord | None:
+def _train(
+    config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed.Ranks, progress: Progress | None, teardown: contextlib.ExitStack
+) -> RunRecord | None:
     started = time.perf_counter()
     _prepare_cpu(ranks.device)
     micro_batch, micro_steps = config.micro_batching(ranks.world)
@@ -123,7 +132,7 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
 
     torch.manual_seed(config.seed)
     model = Transformer(shape).to(ranks.device)
-    engine = make_engine(model, config, ranks, micro_steps, micro_batch, token_losses)
+    engine = teardown.enter_context(contextlib.closing(make_engine(model, config, ranks, micro_steps, micro_batch, token_losses)))
 
     resume, skipped = checkpoint.resume_point(run_dir)
     for note in skipped:
@@ -203,6 +212,7 @@ def _train(config: RunConfig, data: TokenData, run_dir: Path, ranks: distributed
     val_loss, val_tokens = validation_loss(model, validation, config.seq_len, config.eval_batch_size, ranks, autocast)
     if not math.isfinite(val_loss):
         _fail(run_dir, ranks, sampler.num_steps, f"validation loss is {val_loss}", mirror, log)
+    distributed.barrier()  # every rank finished: so a run.json means the whole run did (`stages.launch`)
     if not ranks.is_main:
         return None
     params = shape.params
@@ -265,6 +275,8 @@ def main(argv: list[str]) -> int:
     except RunDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if os.environ.get(ABORT_AFTER_RUN) == str(distributed.env_ranks()[0]):
+        os.abort()
     return 0
 
 

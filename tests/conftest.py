@@ -1,12 +1,16 @@
-"""Shared fixtures: the example C4 runs and synthetic run tables drawn from known laws."""
+"""Shared fixtures: the example C4 runs, synthetic run tables drawn from known laws, and one finished mini sweep."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import sweeps
 from scaling.laws import DataConstrainedLaw
 from scaling.runs import RunTable, read_csv_runs
 
@@ -28,3 +32,25 @@ def synthetic_runs(law, noise: float, seed: int = 1, repeat: bool = True) -> Run
     rng = np.random.default_rng(seed)
     loss = law.predict(grid[:, 0], grid[:, 1], grid[:, 2]) * np.exp(rng.normal(0.0, noise, len(grid)))
     return RunTable(grid[:, 0], grid[:, 1], grid[:, 2], loss, tuple(f"run{i}" for i in range(len(grid))))
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> Path:
+    """The store of one uninterrupted `dcsl sweep` of `sweeps.SWEEP`: the reference the end-to-end tests compare with."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    store = folder / "store"
+    result = sweeps.run(sweeps.write(folder, store))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{sweeps.RUNS} of {sweeps.RUNS} runs succeeded" in result.stdout
+    return store
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A fresh folder for the Ray sessions of a test's sweeps (`RAY_TMPDIR`), removed after the test.
+
+    Short, under /tmp: Ray's socket paths inside it must stay under 108 characters.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

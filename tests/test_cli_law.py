@@ -24,7 +24,7 @@ DCSL = str(Path(sys.executable).with_name("dcsl"))
 
 def test_help_lists_every_subcommand_and_version():
     help_text = subprocess.run([DCSL, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("fit", "allocate", "predict", "epochs"):
+    for command in ("fit", "allocate", "predict", "epochs", "suggest"):
         assert f"│ {command} " in help_text
     version = subprocess.run([DCSL, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith("dcsl 0.")
@@ -208,3 +208,11 @@ def test_a_fitted_law_records_its_runs_range_and_predict_uses_it(capsys, tmp_pat
     code, stdout, _ = run(capsys, "predict", "--law", str(law), "--params", "100B", "--tokens", "1T", "--json")
     assert code == 0 and json.loads(stdout)["warnings"] == [
         f"N = 1e+11 is {1e11 / 8.67e9:.3g}x above the largest N the law was fitted on (8.67e+09): an extrapolation"]
+
+
+def test_fit_on_a_binary_file_is_one_line(capsys, tmp_path):
+    path = tmp_path / "runs.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    code, _, stderr = run(capsys, "fit", str(path))
+    assert code == 2
+    assert stderr.splitlines() == [f"error: runs file: {str(path)!r} is not UTF-8 text (byte offset 128); is it a CSV file?"]

@@ -1,5 +1,6 @@
 """`dcsl sweep` end to end with real Ray, in real processes: resume after kill -9, two sweeps on one
-store, a changed hyperparameter, an injected failure, and `dcsl status` / `dcsl runs` on the result."""
+store, a changed hyperparameter, an injected failure, a crashed worker, Ctrl-C, and `dcsl status` /
+`dcsl runs` on the result. Tests wait for states of the store, never for fixed times."""
 
 import json
 import math
@@ -7,79 +8,32 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
-import yaml
+from matplotlib.image import imread
 
-from pipeline.store import State, Store
+import sweeps
+from pipeline.lease import current_lease
+from pipeline.store import INTERRUPTED, State, Store
+from sweeps import DCSL, RUNS, SWEEP
 
-HF_HOME = os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="dcsl-hf-"))
-DCSL = str(Path(sys.executable).with_name("dcsl"))
-SWEEP = {
-    "name": "mini",
-    "data": {
-        "name": "mini",
-        "corpus": {"source": "stdlib", "max_documents": 300},
-        "tokenizer": {"vocab_size": 512, "training_characters": "300K"},
-        "validation_tokens": "20K",
-    },
-    "models": [
-        {"name": "s", "layers": 1, "width": 32, "heads": 1},
-        {"name": "m", "layers": 2, "width": 64, "heads": 2, "train": {"optimizer": {"lr": 2.0e-3}}},
-    ],
-    "grid": [{"unique_tokens": ["20K", "60K"], "epochs": [1, 4]}],
-    "train": {"seq_len": 64, "batch_tokens": 1024, "checkpoint_every": 10},
-    "fit": {"base": "c4"},
-    "wandb": {"mode": "disabled"},
-}
-RUNS = 8
+LONG_RUNS = "*-U60K-e4-s0-*"  # 234 steps: one found training from a checkpoint is far from its end
+PLOTS = ("observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png")
 
 
-def _env() -> dict:
-    env = dict(os.environ, HF_HOME=HF_HOME, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
-    env.pop("DCSL_INJECT_FAILURE", None)
-    return env
-
-
-def _write(folder: Path, store: Path, sweep: dict = SWEEP) -> Path:
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({**sweep, "store": str(store)}))
-    return path
-
-
-def _sweep(config: Path, *extra: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([DCSL, "sweep", str(config), *extra], capture_output=True, text=True, env=env or _env(), timeout=timeout)
-
-
-def _successes(store: Path) -> dict[str, int]:
-    """SUCCESS modification times of every finished train step: a step that ran again gets a new one."""
-    return {p.parent.name: p.stat().st_mtime_ns for p in (store / "train").glob("*/SUCCESS")}
-
-
-def _attempts(store: Path) -> dict[str, int]:
-    """How many times each train step was started (the store's step.json counts attempts)."""
-    return {p.parent.name: json.loads(p.read_text())["attempt"] for p in (store / "train" / ".steps").glob("*/step.json")}
-
-
-def _law(store: Path) -> dict:
-    (law,) = (store / "fit").glob("*/law.json")
-    return json.loads(law.read_text())
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """One uninterrupted sweep: the reference the other tests compare with."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    store = folder / "store"
-    result = _sweep(_write(folder, store))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{RUNS} of {RUNS} runs succeeded" in result.stdout
-    return store
+def _check_report(folder: Path, runs: int) -> None:
+    """The report's plots decode to non-empty images; report.md gives the run count and every parameter of its law."""
+    for name in PLOTS:
+        image = imread(folder / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+    text = (folder / "report.md").read_text()
+    assert f"{runs} runs fitted" in text
+    for name, value in json.loads((folder / "law.json").read_text())["params"].items():
+        assert f"| {name} | {value:.6g} |" in text, name
+    assert (folder / "runs.csv").read_text().count("\n") == runs + 1  # a header and one row per run
 
 
 def test_the_sweep_runs_end_to_end_to_a_law_and_a_report(finished):
@@ -89,45 +43,40 @@ def test_the_sweep_runs_end_to_end_to_a_law_and_a_report(finished):
     assert sorted({r["tokens"] for r in records}) == [19_456, 59_392, 79_872, 239_616]
     assert {r["epochs"] for r in records} == {19_456 / 20_000, 59_392 / 60_000, 79_872 / 20_000, 239_616 / 60_000}
     assert all(r["val_loss"] < math.log(r["shape"]["vocab_size"]) for r in records)
-    law = _law(finished)
+    law = sweeps.law(finished)
     assert law["n_runs"] == RUNS and law["method"] == "repetition"
     (report,) = (finished / "report").glob("*/report.md")
-    for name in ("allocation.csv", "observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png"):
-        assert (report.parent / name).stat().st_size > 0
-    assert "8 runs fitted" in report.read_text()
+    assert len((report.parent / "allocation.csv").read_text().splitlines()) > 1
+    _check_report(report.parent, RUNS)
 
 
 def test_rerunning_a_finished_sweep_runs_nothing(finished, tmp_path):
-    before, attempts = _successes(finished), _attempts(finished)
-    config = _write(tmp_path, finished)
-    explained = subprocess.run([DCSL, "sweep", str(config), "--explain"], capture_output=True, text=True, env=_env())
-    assert explained.returncode == 0 and "0 of 9 steps will run" in explained.stdout
-    assert _sweep(config).returncode == 0
-    assert _successes(finished) == before and _attempts(finished) == attempts
+    before, attempts = sweeps.successes(finished), sweeps.attempts(finished)
+    config = sweeps.write(tmp_path, finished)
+    explained = subprocess.run([DCSL, "sweep", str(config), "--explain"], capture_output=True, text=True, env=sweeps.env())
+    assert explained.returncode == 0 and explained.stdout.splitlines()[-1] == "0 of 11 steps will run"
+    assert sweeps.run(config).returncode == 0
+    assert sweeps.successes(finished) == before and sweeps.attempts(finished) == attempts
 
 
 def test_kill_minus_9_mid_sweep_then_resume_gives_the_same_law(finished, tmp_path):
     store = tmp_path / "store"
-    config = _write(tmp_path, store)
+    config = sweeps.write(tmp_path, store)
     kill_after = random.Random(7).randint(1, RUNS - 3)  # finished runs before the kill
-    sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(_successes(store)) < kill_after if (store / "train").exists() else True:
-        assert sweep.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    sweep = sweeps.start(config, start_new_session=True)
+    sweeps.wait_for(lambda: len(sweeps.successes(store)) >= kill_after, sweep)
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait()
-    finished_before = _successes(store)
+    finished_before = sweeps.successes(store)
     assert kill_after <= len(finished_before) < RUNS
     assert not list((store / "fit").glob("*/law.json")) if (store / "fit").exists() else True
 
-    result = _sweep(config)
+    result = sweeps.run(config)
     assert result.returncode == 0, result.stderr[-3000:]
-    after = _successes(store)
+    after = sweeps.successes(store)
     assert len(after) == RUNS
     assert {name: after[name] for name in finished_before} == finished_before  # nothing finished ran again
-    assert _law(store)["params"] == _law(finished)["params"]
+    assert sweeps.law(store)["params"] == sweeps.law(finished)["params"]
     for name in after:
         resumed = json.loads((store / "train" / name / "run.json").read_text())
         reference = json.loads((finished / "train" / name / "run.json").read_text())
@@ -136,14 +85,15 @@ def test_kill_minus_9_mid_sweep_then_resume_gives_the_same_law(finished, tmp_pat
 
 def test_two_sweeps_at_once_run_each_step_exactly_once(finished, tmp_path):
     store = tmp_path / "store"
-    config = _write(tmp_path, store)
-    first, second = (subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=_env()) for _ in range(2))
+    config = sweeps.write(tmp_path, store)
+    first, second = (sweeps.start(config, stderr=subprocess.PIPE, text=True) for _ in range(2))
+    sweeps.wait_for(lambda: sweeps.successes(store), first)
+    assert second.poll() is None  # both ran when the first run finished: they shared the work
     for sweep in (first, second):
         _, err = sweep.communicate(timeout=600)
         assert sweep.returncode == 0, err[-3000:]
-    assert set(_attempts(store).values()) == {1} and len(_attempts(store)) == RUNS
-    assert _law(store)["params"] == _law(finished)["params"]
+    assert set(sweeps.attempts(store).values()) == {1} and len(sweeps.attempts(store)) == RUNS
+    assert sweeps.law(store)["params"] == sweeps.law(finished)["params"]
 
 
 def test_a_changed_hyperparameter_reruns_only_its_runs(finished, tmp_path):
@@ -151,15 +101,15 @@ def test_a_changed_hyperparameter_reruns_only_its_runs(finished, tmp_path):
     shutil.copytree(finished, store, symlinks=True)
     changed = json.loads(json.dumps(SWEEP))
     changed["models"][1]["train"]["optimizer"]["lr"] = 3.0e-3
-    config = _write(tmp_path, store, changed)
-    explained = subprocess.run([DCSL, "sweep", str(config), "--explain"], capture_output=True, text=True, env=_env())
+    config = sweeps.write(tmp_path, store, changed)
+    explained = subprocess.run([DCSL, "sweep", str(config), "--explain"], capture_output=True, text=True, env=sweeps.env())
     lines = explained.stdout.splitlines()
     to_run = [line for line in lines if line.startswith("run ")]
     assert len(to_run) == 4 and all(line.startswith("run   train/m-") for line in to_run)
     assert all("config changed: optimizer.lr 0.002 -> 0.003" in line for line in to_run)
-    before = _successes(store)
-    assert _sweep(config).returncode == 0
-    after = _successes(store)
+    before = sweeps.successes(store)
+    assert sweeps.run(config).returncode == 0
+    after = sweeps.successes(store)
     small = {name for name in before if name.startswith("s-")}
     assert {name: after[name] for name in small} == {name: before[name] for name in small}
     assert len(after) == RUNS + 4  # the old m- runs stay in the store beside the new ones
@@ -168,8 +118,8 @@ def test_a_changed_hyperparameter_reruns_only_its_runs(finished, tmp_path):
 def test_an_injected_failure_is_recorded_and_the_rest_finish(finished, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
-    config = _write(tmp_path, store)
-    result = _sweep(config, env={**_env(), "DCSL_INJECT_FAILURE": "m-U60K-e4-s0"})
+    config = sweeps.write(tmp_path, store)
+    result = sweeps.run(config, environment={**sweeps.env(), "DCSL_INJECT_FAILURE": "m-U60K-e4-s0"})
     assert result.returncode == 3, result.stderr[-3000:]  # some runs failed: the law and a partial report all the same
     assert f"{RUNS - 1} of {RUNS} runs succeeded; 1 did not:" in result.stdout
     assert "m-U60K-e4-s0: failed: RuntimeError: injected failure" in result.stdout
@@ -178,16 +128,16 @@ def test_an_injected_failure_is_recorded_and_the_rest_finish(finished, tmp_path)
     (report,) = (store / "report").glob("*/report.md")
     assert "7 runs fitted; 1 failed and were left out: m-U60K-e4-s0" in report.read_text()
     assert "partial: 7 of 8 runs" in "\n".join(report.read_text().splitlines()[:3])
-    assert _law(store)["n_runs"] == RUNS - 1
-    status = subprocess.run([DCSL, "status", str(store)], capture_output=True, text=True, env=_env())
+    assert sweeps.law(store)["n_runs"] == RUNS - 1
+    status = subprocess.run([DCSL, "status", str(store)], capture_output=True, text=True, env=sweeps.env())
     assert status.returncode == 0 and "failed       train/m-U60K-e4-s0-" in status.stdout
-    runs = subprocess.run([DCSL, "runs", str(store)], capture_output=True, text=True, env=_env())
+    runs = subprocess.run([DCSL, "runs", str(store)], capture_output=True, text=True, env=sweeps.env())
     assert runs.returncode == 0 and len(runs.stdout.splitlines()) == 1 + RUNS - 1
 
 
 def test_the_tiny_studys_ci_variant_runs_to_a_law_with_intervals(tmp_path):
     config = Path(__file__).parents[1] / "configs" / "tiny_ci.yaml"
-    result = _sweep(config, "--store", str(tmp_path / "store"), "--out", str(tmp_path / "report"))
+    result = sweeps.run(config, "--store", str(tmp_path / "store"), "--out", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "13 of 13 runs succeeded" in result.stdout
     law = json.loads((tmp_path / "report" / "law.json").read_text())
@@ -195,7 +145,9 @@ def test_the_tiny_studys_ci_variant_runs_to_a_law_with_intervals(tmp_path):
     intervals = law["intervals"]["params"]
     for name, value in law["params"].items():
         low, high = intervals[name]
-        assert low <= high and math.isfinite(value), name
+        assert math.isfinite(value) and low <= high, name
+        if name not in law["fixed"]:
+            assert low <= value <= high and high > low, (name, value, low, high)  # a fitted value lies inside its interval
     records = [json.loads(p.read_text()) for p in (tmp_path / "store" / "train").glob("*/run.json")]
     assert max(r["epochs"] for r in records) == 16 and len({r["params_non_embedding"] for r in records}) == 3
     once = {(r["params_non_embedding"], r["unique_tokens"]): r["val_loss"] for r in records if r["epochs"] <= 1}
@@ -205,18 +157,18 @@ def test_the_tiny_studys_ci_variant_runs_to_a_law_with_intervals(tmp_path):
         assert losses == sorted(losses, reverse=True), (params, losses)
     report = (tmp_path / "report" / "report.md").read_text()
     assert "bootstrap interval |" in report and f"| rd_star | {law['params']['rd_star']:.6g} | [" in report
-    assert (tmp_path / "report" / "runs.csv").read_text().count("\n") == 14  # header and 13 runs
-    rows = (tmp_path / "report" / "allocation.csv").read_text().splitlines()
-    assert len(rows) > 1 and all((tmp_path / "report" / name).stat().st_size > 0 for name in
-                                 ("observed_vs_predicted.png", "loss_vs_epochs.png", "allocation_frontier.png", "report.md"))
+    assert len((tmp_path / "report" / "allocation.csv").read_text().splitlines()) > 1
+    _check_report(tmp_path / "report", 13)
 
 
 def test_a_run_the_cluster_cannot_hold_fails_before_any_work(tmp_path):
+    from ray._private.utils import get_num_cpus
+
     store = tmp_path / "store"
-    result = _sweep(_write(tmp_path, store, {**SWEEP, "resources": {"cpus": 64}}))
+    result = sweeps.run(sweeps.write(tmp_path, store, {**SWEEP, "resources": {"cpus": 64}}))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"error: resources.cpus: 64 asked for by run s-U20K-e1-s0, but the Ray cluster lacks it: "
-                             f"its largest node has {os.cpu_count()} CPUs\n")
+                             f"its largest node has {get_num_cpus()} CPUs\n")  # what Ray finds: the container's CPU quota
     assert not store.exists()
 
 
@@ -228,60 +180,62 @@ def test_a_two_rank_run_goes_through_ray_train_and_matches_one_process(finished,
     two_ranks["grid"] = [{"unique_tokens": "20K", "epochs": 1}]
     two_ranks["train"]["processes"] = 2
     two_ranks["resources"] = {"cpus": 2}
-    result = _sweep(_write(tmp_path, store, two_ranks))
+    result = sweeps.run(sweeps.write(tmp_path, store, two_ranks))
     assert "1 of 1 runs succeeded" in result.stdout, result.stderr[-3000:]  # (one run is too few to fit a law)
     (run_dir,) = (store / "train").glob("s-U20K-e1-s0-*/")
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["world_size"] == 2 and (run_dir / "ray_train").is_dir()  # trained by TorchTrainer's two workers
-    reference = json.loads(next((finished / "train").glob("s-U20K-e1-s0-*/run.json")).read_text())
+    assert record["world_size"] == 2 and len(list((run_dir / "ray_train").glob("rank-*.json"))) == 2  # TorchTrainer's two workers
+    reference = sweeps.records(finished)[run_dir.name]
     assert record["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)  # DDP over 2 ranks = 1 process, same batch
 
 
-def _train_workers() -> list[int]:
-    """Pids of Ray worker processes running a train step (the runner names its tasks `<stage>:<node>`)."""
-    found = []
-    for status in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if status.read_bytes().startswith(b"ray::train:"):
-                found.append(int(status.parent.name))
-        except OSError:
-            continue
-    return found
+def _long_run_past_a_checkpoint(store: Path) -> tuple[str, int] | None:
+    """A long run that is training and has a checkpoint: its directory name and the pid holding its lease."""
+    for records in sorted(store.glob(f"train/.steps/{LONG_RUNS}/")):
+        lease = current_lease(records / "leases", socket.gethostname(), 60.0)
+        if lease is not None and lease.live and list((store / "train" / records.name).glob("checkpoints/step-*/state.json")):
+            return records.name, lease.pid
+    return None
 
 
-def _start_on_a_tokenized_store(finished: Path, tmp_path: Path, until, settle: float) -> tuple[Path, Path, subprocess.Popen, list]:
-    """Start `dcsl sweep` on a store holding `finished`'s corpus; return `settle` s after `until(store)` found something."""
+def _start_on_a_tokenized_store(finished: Path, tmp_path: Path, session: Path, until) -> tuple[Path, Path, subprocess.Popen, object]:
+    """Start `dcsl sweep` (its Ray session under `session`) on a store holding `finished`'s corpus; return once
+    `until(store)` found something: the store, the sweep file, the sweep's process and what was found."""
     store = tmp_path / "store"
     shutil.copytree(finished / "tokenize", store / "tokenize", symlinks=True)
-    config = _write(tmp_path, store)
-    sweep = subprocess.Popen([DCSL, "sweep", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    deadline = time.monotonic() + 120
-    while not (found := until(store)):
-        assert sweep.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(settle)
-    return store, config, sweep, found
+    config = sweeps.write(tmp_path, store)
+    sweep = sweeps.start(config, sweeps.env(session), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return store, config, sweep, sweeps.wait_for(lambda: until(store), sweep)
 
 
-def test_a_crashed_worker_is_retried_and_its_run_resumes(finished, tmp_path):
-    store, _, sweep, workers = _start_on_a_tokenized_store(finished, tmp_path, lambda store: _train_workers(), settle=0.3)
-    os.kill(workers[0], signal.SIGKILL)  # mid-run: the task has claimed its step and is training
+def _check_resumed(store: Path, finished: Path, name: str) -> None:
+    """The run resumed from a checkpoint and ended where the uninterrupted run did."""
+    resumed, reference = sweeps.records(store)[name], sweeps.records(finished)[name]
+    assert resumed["resumed_at"] and resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-6)
+
+
+def test_a_crashed_worker_is_retried_and_its_run_resumes_from_its_checkpoint(finished, tmp_path, ray_tmp):
+    store, _, sweep, (name, pid) = _start_on_a_tokenized_store(finished, tmp_path, ray_tmp, _long_run_past_a_checkpoint)
+    assert pid in sweeps.session_processes(ray_tmp)  # the run's worker, of this sweep's own Ray session
+    os.kill(pid, signal.SIGKILL)
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, err[-3000:]
     assert f"{RUNS} of {RUNS} runs succeeded" in out
-    assert max(_attempts(store).values()) == 2  # the killed worker's step ran again, once
-    assert _law(store)["params"] == _law(finished)["params"]
+    assert sweeps.attempts(store)[name] == 2 and max(sweeps.attempts(store).values()) == 2  # it ran again, once
+    _check_resumed(store, finished, name)
+    assert sweeps.law(store)["params"] == sweeps.law(finished)["params"]
 
 
-def test_ctrl_c_stops_cleanly_and_marks_nothing_done_that_is_not(finished, tmp_path):
-    store, config, sweep, _ = _start_on_a_tokenized_store(
-        finished, tmp_path, lambda store: list(store.glob("train/.steps/*/leases/lease.0")), settle=1.0)
-    sweep.send_signal(signal.SIGINT)
+def test_ctrl_c_marks_every_running_step_interrupted_and_the_rerun_resumes_them(finished, tmp_path, ray_tmp):
+    store, config, sweep, (name, _) = _start_on_a_tokenized_store(finished, tmp_path, ray_tmp, _long_run_past_a_checkpoint)
+    os.kill(sweep.pid, signal.SIGINT)  # the driver alone, not its process group
     _, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130 and "interrupted" in err
-    states = [info.state for info in Store(store).list_steps("train")]
-    assert State.INTERRUPTED in states and State.RUNNING not in states and State.FAILED not in states
-    for info in Store(store).list_steps("train"):  # a run is done exactly when its record says it finished
+    assert sweep.returncode == 130 and "interrupted" in err, err[-3000:]
+    steps = Store(store).list_steps("train")
+    assert {info.state for info in steps} <= {State.DONE, State.INTERRUPTED} and State.INTERRUPTED in {info.state for info in steps}
+    for info in steps:  # a run is done exactly when its record says it finished; every other started one has its marker
         assert (info.state is State.DONE) == (info.path / "run.json").exists()
-    result = _sweep(config)
+        assert (info.state is State.DONE) != (store / "train" / ".steps" / info.path.name / INTERRUPTED).exists()
+    result = sweeps.run(config)
     assert result.returncode == 0 and f"{RUNS} of {RUNS} runs succeeded" in result.stdout
+    _check_resumed(store, finished, name)

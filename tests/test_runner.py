@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,25 +17,25 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import ray  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 
 from pipeline.graph import Node, Outcome  # noqa: E402
-from pipeline.ray_session import start_ray  # noqa: E402
+from pipeline.ray_session import ray_session  # noqa: E402
 from pipeline.runner import RETRIES, Runner, explain  # noqa: E402
-from pipeline.store import State, Step, Store  # noqa: E402
+from pipeline.store import INTERRUPTED, State, Step, Store  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers get the toy kind by value
 
 
 @dataclass(frozen=True)
 class Add:
-    """A node's spec: add `value` to the sum of its finished inputs; `crash`es its worker or `raise`s on demand."""
+    """A node's spec: add `value` to the sum of its finished inputs; `crash`es its worker, `raise`s or blocks on demand."""
 
     name: str
     value: int
     crash: str = ""  # "" | "once" (the first attempt kills its worker) | "always"
     error: bool = False
+    interrupted: str = ""  # "" | "slow" (blocks until Ctrl-C, then cleans up for a while) | "exit" (blocks, then its process ends)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class AddKind:
             os._exit(1)  # what the OOM killer does to a worker: no exception, no cleanup
         if spec.error:
             raise ValueError(f"step {step.name} refuses")
+        if spec.interrupted:
+            _block_until_interrupted(out_dir, spec.interrupted)
         total = spec.value + sum(o.value for o in inputs if o.done)
         (out_dir / "sum.json").write_text(json.dumps(total))
 
@@ -64,12 +69,30 @@ class AddKind:
         return json.loads((out_dir / "sum.json").read_text())
 
 
+def _block_until_interrupted(out_dir: Path, then: str) -> None:
+    """Say `started` and wait for Ctrl-C (the sweep asks its steps to stop); then clean up slowly and stop, or end at once."""
+    (out_dir / "started").write_text("")
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        if then == "exit":
+            os._exit(1)  # gone without a word: its lease is left held
+        time.sleep(2.0)  # a slow clean-up that the runner must wait for
+        raise
+
+
+def _interrupt_when(ready: Callable[[], bool]) -> None:
+    """Send this process SIGINT (Ctrl-C) once `ready()`."""
+    while not ready():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    started = start_ray(None)
-    yield
-    if started:
-        ray.shutdown()
+    with ray_session():
+        yield
 
 
 def _graph(b: Add = Add("b", 2), c: Add = Add("c", 3)) -> tuple[list[Node], dict[str, Node]]:
@@ -136,3 +159,16 @@ def test_an_error_fails_its_step_and_dependants_are_dep_failed_naming_it(cluster
     assert "Traceback" in store.failure(outcomes[id(a)].step)["traceback"]
     assert outcomes[id(b)].state is State.DEP_FAILED and store.state(outcomes[id(b)].step) is State.DEP_FAILED
     assert store.explain(outcomes[id(b)].step).reason == f"input failed before: {outcomes[id(a)].step.id}"
+
+
+def test_ctrl_c_waits_for_the_stopped_steps_and_marks_those_whose_process_is_gone(cluster, tmp_path):
+    kind, store = AddKind(), Store(tmp_path)
+    nodes = [Node(kind, then, Add(then, 1, interrupted=then)) for then in ("slow", "exit")]
+    steps = [kind.key(node.spec, []) for node in nodes]
+    started = lambda: all((store.step_dir(step) / "started").exists() for step in steps)  # noqa: E731
+    threading.Thread(target=_interrupt_when, args=(started,), daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path).run(nodes)
+    for step in steps:  # "slow" marked itself once its clean-up ended, "exit" was marked by the runner
+        assert (store.records_dir(step) / INTERRUPTED).exists(), step.name
+        assert store.state(step) is State.INTERRUPTED and store.holder(step) is None

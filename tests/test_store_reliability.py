@@ -1,11 +1,12 @@
 """The store when it can't be written, or finds a claim it never wrote: a sweep on a store that is a
 file fails at once with the OS error, a write that fails (a real EFBIG from a file-size limit, an
-ENOTDIR) raises or ends the step FAILED instead of waiting forever, and a garbage lease is taken
-over at once."""
+ENOTDIR) raises or ends the step FAILED instead of waiting forever, a garbage lease is taken over at
+once, and an interrupted sweep marks INTERRUPTED the steps whose holder is gone."""
 
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import resource
@@ -138,3 +139,34 @@ def test_a_garbage_lease_is_stale_at_once_and_taken_over_without_waiting(tmp_pat
     assert store.run(STEP, lambda: ran.append("worked"), poll=3600.0) is State.DONE
     assert ran == ["worked"] and store.record(STEP)["attempt"] == 1
     assert sorted(os.listdir(leases)) == ["lease.0", "lease.1", "released.1"]  # claim 1 followed the garbage claim 0
+
+
+# -- an interrupted sweep's steps whose holder is gone ---------------------------------------------------------
+
+
+def _claim_and_hold(root: str, step: Step, started: str) -> None:
+    """Claim the step, say so in `started`, and hold it until killed."""
+    with Store(root).claim(step) as lease:
+        assert lease is not None
+        Path(started).write_text("")
+        time.sleep(600)
+
+
+def test_interrupt_abandoned_marks_only_a_step_whose_holder_is_gone(tmp_path):
+    store = Store(tmp_path / "store")
+    gone, held, done = (Step("train", name, {"lr": 1e-3}) for name in ("gone", "held", "done"))
+    holder = SPAWN.Process(target=_claim_and_hold, args=(str(store.root), gone, str(tmp_path / "started")))
+    holder.start()
+    while not (tmp_path / "started").exists():
+        assert holder.is_alive()
+        time.sleep(0.01)
+    holder.kill()  # SIGKILL: it writes no marker and never releases its lease
+    holder.join()
+    assert store.interrupt_abandoned(gone, "the sweep was interrupted") is True
+    marker = json.loads((store.records_dir(gone) / "INTERRUPTED").read_text())
+    assert marker["reason"] == "the sweep was interrupted" and store.holder(gone) is None  # marked, and the lease released
+    assert store.state(gone) is State.INTERRUPTED and store.interrupt_abandoned(gone, "again") is False
+    assert store.run(done, lambda: None) is State.DONE and store.interrupt_abandoned(done, "done") is False
+    with store.claim(held) as lease:  # this process, alive: its lease stays
+        assert lease is not None and store.interrupt_abandoned(held, "held") is False
+        assert store.state(held) is State.RUNNING

@@ -16,6 +16,8 @@ import pipeline.cli.plan_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
 from pipeline.config import SweepConfig, expand, load_sweep  # noqa: E402
 from scaling.errors import InputError  # noqa: E402
+from stages.artifacts import mark_success  # noqa: E402
+from stages.record import RunRecord  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
 from conftest import REPO  # noqa: E402
@@ -188,11 +190,13 @@ def test_plan_csv(tmp_path, capsys):
 
 def test_plan_estimates_time_from_runs_in_the_store(tmp_path, capsys):
     run = expand(SweepConfig.model_validate(BASE))[0]
-    record = {"shape": run.shape._asdict(), "tokens_per_s": 1000.0, "train_seconds": 10.0, "wall_seconds": 12.5,
-              "world_size": 1, "device": "cpu"}  # fmt: skip
+    record = RunRecord(name="old", params=run.params, params_non_embedding=run.params_non_embedding, tokens=10_000,
+                       unique_tokens=10_000, epochs=1.0, val_loss=5.0, flops=run.flops, shape=run.shape._asdict(),
+                       tokens_per_s=1000.0, train_seconds=10.0, wall_seconds=12.5, world_size=1, device="cpu")  # fmt: skip
     folder = tmp_path / "store" / "train" / "old-0123456789abcdef"
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "run.json").write_text(record.to_json())
+    mark_success(folder)  # only finished, whole runs give estimates
     path = write_sweep(tmp_path, BASE)
     code, out, _ = run_plan(capsys, path, "--csv")
     rows = [line.split(",") for line in out.strip().splitlines()[1:]]
@@ -292,8 +296,10 @@ BAD = [
      "'cpu'; use gpus: 0 or device auto/cuda"),
     ({"train.device": "cuda"}, "resources.gpus: 0, but train.device is 'cuda'; a CUDA run needs gpus >= 1"),
     ({"resources": {"nodes": 0}}, "resources.nodes: 0 is not allowed: Input should be greater than or equal to 1"),
-    ({"resources": {"nodes": 2}}, "resources.nodes: 2 nodes need gpus >= 1 per node; a CPU run uses one machine"),
+    ({"resources": {"nodes": 2}}, "resources.nodes: 2 nodes can't share the 1 train.processes of a CPU run evenly"),
     ({"train.processes": 2}, "resources.cpus: 1 is fewer than the 2 train.processes of a CPU run"),
+    ({"train.processes": 4, "resources": {"nodes": 2}}, "resources.cpus: 1 is fewer than the 4 train.processes of a CPU run "
+     "over 2 nodes (2 per node)"),
     ({"resources": {"gpus": 3}}, "grid point s-U4K-e1: batch_tokens: 16 sequences per step do not split evenly over 3 ranks "
      "(resources: 1 node(s) x 3 GPU(s))"),
     # the fit

@@ -289,10 +289,12 @@ def test_ddp_on_two_cpu_ranks_gives_the_curve_of_one_process(reference, data, st
     _assert_same_curve(run_dir, reference)
 
 
-def test_deepspeed_zero2_on_two_cpu_ranks_gives_the_curve_of_one_process(reference, data, store):
-    # 8 sequences per rank in 2 micro-batches of 4: DeepSpeed's own accumulation, ZeRO-2 partitions
+@pytest.mark.parametrize("stage", [1, 2], ids=["zero1", "zero2"])
+def test_deepspeed_zero_on_two_cpu_ranks_gives_the_curve_of_one_process(reference, data, store, stage):
+    # 8 sequences per rank in 2 micro-batches of 4: DeepSpeed's own accumulation; ZeRO-1 partitions the
+    # optimiser state, ZeRO-2 the gradients too
     config = RunConfig.model_validate(
-        {**SMALL, "name": "zero2", "backend": "deepspeed", "zero_stage": 2, "processes": 2, "micro_batch_size": 4}
+        {**SMALL, "name": f"zero{stage}", "backend": "deepspeed", "zero_stage": stage, "processes": 2, "micro_batch_size": 4}
     )
     run_dir = train(config, data.path, store)
     record = read_record(run_dir)
@@ -302,7 +304,11 @@ def test_deepspeed_zero2_on_two_cpu_ranks_gives_the_curve_of_one_process(referen
     (final,) = checkpoints(run_dir)
     assert final.name == "step-00000016" and json.loads((final / "state.json").read_text())["world"] == 2
     assert sorted(p.name for p in final.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
-    assert len(list((final / "engine").glob("*optim_states.pt"))) == 2
+    shares = sorted((final / "engine").glob("*optim_states.pt"))
+    assert len(shares) == 2
+    for share in shares:  # written by the ZeRO stage asked for; each parameter group in 2 partitions
+        saved = torch.load(share, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        assert int(saved["zero_stage"]) == stage and saved["partition_count"] == [2, 2]
 
 
 # --- divergence ----------------------------------------------------------------------------------

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from scaling import dcsl_version
 from scaling.errors import InputError
+
+if TYPE_CHECKING:
+    from stages.record import RunRecord
 
 app = typer.Typer(
     name="dcsl",
@@ -38,6 +43,16 @@ def _root(
 def fail(field: str, problem: str) -> None:
     """Stop a command on bad input about `field`: `main` prints "field: problem" and exits with status 2."""
     raise InputError(field, problem)
+
+
+def store_runs(store: Path) -> list[RunRecord]:
+    """The records of a store's finished, whole runs; a warning line on stderr names each damaged run left out."""
+    from stages.record import finished_records
+
+    found = finished_records(store)
+    for step_id, problem in found.damaged:
+        typer.echo(f"warning: left out damaged run {step_id}: {problem}", err=True)
+    return found.records
 
 
 def _register_commands() -> None:

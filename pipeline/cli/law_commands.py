@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli import app
+from pipeline.cli import app, store_runs
 from pipeline.tables import read_runs
 from scaling.allocate import (
     least_compute, loss_floor, optimal_allocation, repetition_blind_allocation, samples_arrays, saturation_epochs,
@@ -135,9 +135,8 @@ def _read_table(runs: Path | None, loss_column: str | None, wandb_project: str |
         raise InputError("--filters, --wandb-key", "only apply with --wandb")
     if runs.is_dir():
         from stages.fit import run_table  # pydantic and the record model load only for a store
-        from stages.record import finished_records
 
-        return run_table(finished_records(runs))
+        return run_table(store_runs(runs))
     return read_runs(runs, loss_column=loss_column)
 
 

@@ -81,7 +81,7 @@ def observed_speeds(store: Path) -> dict[str, list[dict]]:
     from stages.record import finished_records
 
     speeds: dict[str, list[dict]] = {}
-    for record in finished_records(store):
+    for record in finished_records(store).records:  # damaged runs give no estimate
         if record.shape is None or not record.tokens_per_s:
             continue  # a record of another format: no estimate from it
         speeds.setdefault(_shape_key(record.shape.model_dump()), []).append({

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli import app, fail
+from pipeline.cli import app, fail, store_runs
 
 
 @app.command("status")
@@ -16,6 +16,7 @@ def status_command(store: Path = typer.Argument(Path("store"), help="The store r
     """Summarise a store: steps per stage and state, failures, the latest law (no Ray needed)."""
     from pipeline.store import State, Store
     from pipeline.submit import job_state, jobs
+    from stages.fit import LAW
 
     if not store.is_dir():
         fail("store", f"{str(store)!r} does not exist")
@@ -26,11 +27,12 @@ def status_command(store: Path = typer.Argument(Path("store"), help="The store r
         table.add_row(stage, *(str(count) for count in counts))
     Console().print(table)
     for info in steps:
-        if info.state in (State.FAILED, State.DEP_FAILED, State.INTERRUPTED, State.RUNNING):
+        if info.state in (State.FAILED, State.DEP_FAILED, State.INTERRUPTED, State.RUNNING, State.DAMAGED):
             typer.echo(f"{info.state.value:<12} {info.stage}/{info.name}-{info.hash}: {info.detail}")
     for line in _contamination_lines(store, steps):
         typer.echo(line)
-    laws = sorted(store.glob("fit/*/law.json"), key=lambda path: path.stat().st_mtime)
+    fitted = [info.path / LAW for info in steps if info.stage == "fit" and info.state is State.DONE]
+    laws = sorted((path for path in fitted if path.is_file()), key=lambda path: path.stat().st_mtime)
     if laws:
         typer.echo(f"latest law: {laws[-1]}")
     for job in jobs(store):
@@ -50,7 +52,7 @@ def _contamination_lines(store: Path, steps: list) -> list[str]:
     from stages.record import finished_records
 
     corpora = [info for info in steps if info.stage == "tokenize" and info.state is State.DONE]
-    records = finished_records(store) if corpora else []
+    records = finished_records(store).records if corpora else []
     lines = []
     for info in corpora:
         manifest = json.loads((info.path / "manifest.json").read_text())
@@ -71,7 +73,6 @@ def runs_command(
     """Export the finished runs as the table `dcsl fit` reads (params, tokens, unique_tokens, val_loss, ...)."""
     from scaling.atomic import write_atomic, write_text_atomic
     from stages.fit import runs_csv
-    from stages.record import finished_records
 
     if parquet and csv_format:
         fail("--csv and --parquet", "give one of them")
@@ -79,7 +80,7 @@ def runs_command(
         fail("--parquet", "needs --out FILE (Parquet is binary)")
     if not store.is_dir():
         fail("store", f"{str(store)!r} does not exist")
-    records = finished_records(store)
+    records = store_runs(store)
     if not records:
         fail("store", f"{str(store)!r} holds no finished runs")
     text = runs_csv(records)

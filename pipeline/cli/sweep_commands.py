@@ -128,5 +128,5 @@ def _explain(sweep, skip_invalid: bool) -> None:
     for node, decision in keyed:
         typer.echo(f"{'run ' if decision.run else 'skip'}  {node.label}: {decision.reason}")
     later = [node.kind.stage for node, decision in decisions if decision is None]
-    typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run; then the {' and the '.join(later)} "
-               f"over the runs that succeed")
+    then = f"; then the {' and the '.join(later)} over the runs that succeed" if later else ""
+    typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run{then}")

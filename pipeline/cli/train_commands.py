@@ -7,6 +7,7 @@ Both sections are checked before any work starts.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -31,7 +32,7 @@ def train_command(
     from pipeline.config_files import read_section, read_yaml
     from stages.artifacts import is_complete
     from stages.data import TokenData
-    from stages.launch import WorkersFailed, check_fits_data, check_resumable, run_path, train
+    from stages.launch import TeardownWarning, WorkersFailed, check_fits_data, check_resumable, run_path, train
     from stages.run_config import RunConfig
     from stages.tokenize import TokenizeConfig, tokenize
     from stages.train import RunDiverged
@@ -66,14 +67,26 @@ def train_command(
             progress.update(task, completed=record["step"], total=total, status=status)
 
         try:
-            run_dir = train(run_config, data_path, store_root, progress=show)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", TeardownWarning)
+                run_dir = train(run_config, data_path, store_root, progress=show)
         except RunDiverged as err:
             typer.echo(f"error: {err}; recorded in {run_dir / 'failed.json'}", err=True)
             raise typer.Exit(1) from err
         except WorkersFailed as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from err
+    _show_warnings(caught, TeardownWarning)
     _summarise(run_dir, reused)
+
+
+def _show_warnings(caught: list[warnings.WarningMessage], ours: type[Warning]) -> None:
+    """Print the `ours` warnings as `warning: ...` lines on stderr; hand the others back to Python's display."""
+    for warning in caught:
+        if issubclass(warning.category, ours):
+            typer.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _summarise(run_dir: Path, reused: bool) -> None:

@@ -2,11 +2,15 @@
 
 A run with one rank trains in the task itself, asking for the run's CPUs and GPUs. A run with
 several ranks (GPUs, nodes or processes > 1) is trained by Ray Train's `TorchTrainer`, one worker
-per rank, from a task that holds no resources itself.
+per rank, from a task that holds no resources itself; each worker records where it ran (rank, Ray
+node id, host, pid) in the run's `ray_train/rank-<rank>.json`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,7 @@ from pathlib import Path
 from pipeline.config import RunSpec
 from pipeline.graph import Outcome
 from pipeline.store import Step
+from scaling.atomic import write_text_atomic
 from stages.launch import finish, prepare, train
 from stages.record import RunRecord, read_record
 from stages.train import run_digest, train_loop
@@ -69,6 +74,7 @@ def _train_with_ray_train(spec: RunSpec, data_path: Path, root: Path) -> None:
     config, data, directory = spec.config, str(data_path), str(run_dir)
 
     def loop_per_worker() -> None:
+        _record_placement(Path(directory))
         train_loop(config, Path(data), Path(directory))
 
     trainer = TorchTrainer(
@@ -79,3 +85,13 @@ def _train_with_ray_train(spec: RunSpec, data_path: Path, root: Path) -> None:
     )
     trainer.fit()
     finish(run_dir)
+
+
+def _record_placement(run_dir: Path) -> None:
+    """Write where this Ray Train worker runs to `ray_train/rank-<rank>.json`: its rank, node id, host and pid."""
+    import ray
+    from ray import train as ray_train
+
+    rank = ray_train.get_context().get_world_rank()
+    placement = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    write_text_atomic(run_dir / "ray_train" / f"rank-{rank}.json", json.dumps(placement) + "\n")
