@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -148,13 +148,18 @@ def load_corpus(config: CorpusConfig, cache_dir: Path) -> datasets.Dataset:
     return _text_column(dataset, config.text_field, config)
 
 
-def read_texts(dataset: datasets.Dataset, block: int = 256) -> Iterator[str]:
-    """Every document's text in source order (a missing text as ''), read `block` documents at a time;
-    the corpus pages a block touched are released after it, so the pass's memory does not grow."""
+def read_texts(dataset: datasets.Dataset, indices: Sequence[int] | None = None, block: int = 256) -> Iterator[str]:
+    """The texts of the documents at `indices` (default: every one, in source order; a missing text as ''),
+    read `block` documents at a time; the corpus pages a block touched are released after it, so the
+    pass's memory does not grow with the corpus."""
     files = corpus_files(dataset)
-    for start in range(0, len(dataset), block):
-        yield from (text or "" for text in dataset[start : start + block]["text"])
-        release_mapped_pages(files)
+    count = len(dataset) if indices is None else len(indices)
+    for start in range(0, count, block):
+        rows = slice(start, start + block) if indices is None else [int(i) for i in indices[start : start + block]]
+        try:
+            yield from (text or "" for text in dataset[rows]["text"])
+        finally:  # also when the reader stops early
+            release_mapped_pages(files)
 
 
 def _root_cause(err: BaseException) -> str:

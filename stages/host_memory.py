@@ -1,4 +1,6 @@
-"""Keep freed host memory inside a CPU training process, so each step re-uses pages it already has.
+"""Host memory and glibc's malloc: kept for re-use in a training process, handed back after a one-off peak.
+
+Keep freed host memory inside a CPU training process, so each step re-uses pages it already has.
 
 glibc's malloc serves every allocation above its mmap threshold (which adapts up to 32 MiB) with
 a fresh `mmap` and hands it back to the kernel on `free`. A CPU training step allocates and frees
@@ -12,6 +14,10 @@ memory.
 The setting is process-wide and stays for the life of the process (glibc cannot go back to its
 adaptive thresholds), which is what a training process wants: its heap stays at its peak. Where
 the C library is not glibc (macOS, musl), malloc is left alone.
+
+The data stage wants the opposite after its one large, short-lived structure (the near-duplicate
+index): `return_freed_memory` hands the heap's free pages back to the kernel (`malloc_trim`), which
+glibc does not do by itself for free space below the top of the heap.
 """
 
 from __future__ import annotations
@@ -27,7 +33,18 @@ NEVER_TRIM = 2**31 - 1  # mallopt takes a C int: the largest trim threshold it c
 
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for re-use (no mmap per allocation, no trimming); True if applied."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+
+
+def return_freed_memory() -> bool:
+    """Hand the free pages of glibc's heap back to the kernel (`malloc_trim(0)`); True if some were."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+def _glibc():
+    """The C library when it is glibc on Linux, else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -23,6 +23,7 @@ pairs (a near-duplicate of a near-duplicate shares the cluster), each labelled b
 
 from __future__ import annotations
 
+import gc
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -30,8 +31,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from stages.host_memory import return_freed_memory
+
 _WORD = re.compile(r"\w+")
-_SHINGLE_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial is a bijection of each word's hash
+_SHINGLE_BASE = np.uint64(0x9E3779B97F4A7C15)  # the multiplier of the polynomial over a shingle's word hashes
 _BATCH = 8192  # shingles per `update_batch`: bounds the (shingles x permutations) array it builds
 LSH_WEIGHTS = (0.1, 0.9)  # false positives against false negatives when datasketch picks the bands: candidates are
 # checked against the threshold, so a false positive costs one comparison and a false negative a missed pair
@@ -50,7 +53,8 @@ class MinHashConfig(BaseModel):
 def shingles(text: str, ngram: int) -> np.ndarray:
     """The distinct 32-bit hashes of a text's word n-grams, sorted."""
     words = _WORD.findall(text)
-    hashes = np.fromiter((zlib.crc32(word.encode()) for word in words), dtype=np.uint64, count=len(words))
+    word_hash = {word: zlib.crc32(word.encode()) for word in set(words)}
+    hashes = np.fromiter(map(word_hash.__getitem__, words), dtype=np.uint64, count=len(words))
     if len(hashes) >= ngram:
         count = len(hashes) - ngram + 1
         combined = np.zeros(count, dtype=np.uint64)
@@ -65,8 +69,9 @@ def signatures(texts: Iterable[str], config: MinHashConfig, done: Callable[[int]
     from datasketch import MinHash
 
     rows = []
+    sketch = MinHash(num_perm=config.permutations, seed=config.seed, hashfunc=int)
     for text in texts:
-        sketch = MinHash(num_perm=config.permutations, seed=config.seed, hashfunc=int)
+        sketch.clear()
         hashes = shingles(text, config.ngram).tolist()
         for start in range(0, len(hashes), _BATCH):
             sketch.update_batch(hashes[start : start + _BATCH])
@@ -81,10 +86,21 @@ def clusters(signatures: np.ndarray, threshold: float, config: MinHashConfig) ->
 
     Candidates come from a MinHashLSH index tuned to `threshold`; a pair joins only if its estimated
     Jaccard similarity is at least `threshold`. A document with an empty shingle set joins nothing.
+    The index (datasketch's bands are dicts of sets: about 8 KB per document) is freed before this
+    returns and the C heap trimmed, so the caller's resident memory does not keep it.
     """
+    labels = _components(signatures, threshold, config)
+    gc.collect()  # the index's objects hold reference cycles: free them now, then hand their pages back
+    return_freed_memory()
+    return labels
+
+
+def _components(signatures: np.ndarray, threshold: float, config: MinHashConfig) -> np.ndarray:
+    """`clusters`, its index alive only here."""
     from datasketch import MinHash, MinHashLSH
 
-    sketches = [MinHash(num_perm=config.permutations, seed=config.seed, hashvalues=row, scheme="affine32") for row in signatures]
+    permutations = MinHash(num_perm=config.permutations, seed=config.seed).permutations
+    sketches = [MinHash(seed=config.seed, hashvalues=row, permutations=permutations, scheme="affine32") for row in signatures]
     empty = np.all(signatures == np.iinfo(np.uint32).max, axis=1)
     index = MinHashLSH(threshold=threshold, num_perm=config.permutations, weights=LSH_WEIGHTS)
     parent = np.arange(len(sketches), dtype=np.int64)
