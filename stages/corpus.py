@@ -2,6 +2,8 @@
 
 * `stdlib`: the running Python's standard library sources, one document per `.py` file in
   sorted path order. Every Python install has it, so the main job needs no download.
+* `prose`: English prose that ships with Python: the pydoc help topics and the standard library's
+  longer docstrings (`stages.prose`), for a second built-in pool of another nature than code.
 * `local`: a file or folder of plain text (one document per file, line or paragraph),
   JSON lines or Parquet; the text column is configurable.
 * `hub`: a dataset name on the Hugging Face Hub, for machines that can reach it.
@@ -36,7 +38,7 @@ class CorpusConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["stdlib", "local", "hub"] = "stdlib"
+    source: Literal["stdlib", "prose", "local", "hub"] = "stdlib"
     path: str | None = Field(None, description="local: a file or a folder of .txt/.jsonl/.json/.parquet files")
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_unit: Literal["document", "line", "paragraph"] = Field(
@@ -102,9 +104,11 @@ def corpus_identity(config: CorpusConfig) -> dict:
     """What identifies the input data, for the artifact hash: file sizes and times, or the Python version."""
     if config.source == "hub":
         return {"hub": config.name, "subset": config.subset, "split": config.split, "revision": config.revision}
-    if config.source == "stdlib":
+    if config.source in ("stdlib", "prose"):
         files = stdlib_files()
         identity = {"python": sys.version, "implementation": platform.python_implementation()}
+        if config.source == "prose":
+            identity["source"] = "prose"
     else:
         files = local_files(config)[1]
         identity = {"path": str(Path(config.path or "").resolve())}
@@ -132,6 +136,14 @@ def load_corpus(config: CorpusConfig, cache_dir: Path) -> datasets.Dataset:
         features = datasets.Features({"text": datasets.Value("string")})
         dataset = datasets.Dataset.from_generator(
             _read_sources, gen_kwargs={"paths": paths}, features=features, cache_dir=str(cache_dir)
+        )
+        return _text_column(dataset, "text", config)
+    if config.source == "prose":
+        from stages.prose import read_prose
+
+        features = datasets.Features({"text": datasets.Value("string")})
+        dataset = datasets.Dataset.from_generator(
+            read_prose, gen_kwargs={"limit": config.max_documents}, features=features, cache_dir=str(cache_dir)
         )
         return _text_column(dataset, "text", config)
     if config.source == "local":
@@ -186,4 +198,4 @@ def _text_column(dataset: datasets.Dataset, field: str, config: CorpusConfig) ->
 
 
 def _describe(config: CorpusConfig) -> str:
-    return {"stdlib": "the Python standard library", "local": repr(config.path), "hub": repr(config.name)}[config.source]
+    return {"stdlib": "the Python standard library", "prose": "the built-in prose", "local": repr(config.path), "hub": repr(config.name)}[config.source]

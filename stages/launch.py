@@ -29,6 +29,7 @@ from scaling.errors import InputError
 from stages.artifacts import artifact_dir, is_complete, mark_success
 from stages.checkpoint import STATE, latest
 from stages.data import TokenData
+from stages.pool_run import pool_parts
 from stages.distributed import free_port
 from stages.metrics import METRICS
 from stages.run_config import RunConfig
@@ -53,7 +54,12 @@ def run_path(config: RunConfig, data_path: Path, store: Path) -> Path:
 
 
 def check_fits_data(config: RunConfig, data: TokenData) -> None:
-    """InputError unless the corpus holds the run's U unique tokens and a validation window of seq_len + 1."""
+    """InputError unless the corpus holds the run's U unique tokens and a validation window of seq_len + 1
+    (for several pools: each pool its U_i and a window)."""
+    if config.pools is not None:
+        for pool in pool_parts(config, data):
+            check_fits_data(config.model_copy(update={"pools": None, "unique_tokens": pool.budget}), pool.data)
+        return
     data.budget(config.unique_tokens)
     validation = min(data.manifest["validation"]["tokens"], config.eval_tokens or data.manifest["validation"]["tokens"])
     if validation <= config.seq_len:

@@ -5,8 +5,9 @@ Rank 0 of a run writes it to `run.json` in the run directory; the fit, the repor
 on disk is the model's plain dump, key for key what earlier versions wrote, so old stores load.
 Unknown keys (written by a newer dcsl) are kept, not refused.
 
-Room to grow: a run over several data pools will add per-pool token counts beside the totals
-(`tokens`, `unique_tokens`, `epochs` stay the sums a one-pool law reads).
+A run over several data pools adds `pools` (per pool, in the corpus's order: D_i, U_i, epochs_i =
+D_i / U_i and the pool's validation loss) and `eval_pool` (whose loss is `val_loss`); `tokens` and
+`unique_tokens` stay the sums, `epochs` their ratio. A one-pool record has neither key on disk.
 """
 
 from __future__ import annotations
@@ -36,6 +37,23 @@ class ShapeRecord(BaseModel):
     mlp_ratio: int | float
     positions: str
     tie_embeddings: bool
+
+
+class PoolRecord(BaseModel):
+    """One pool's share of a multi-pool run, exact: what it drew, from how many unique tokens, its loss."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str = Field(description="the pool's name")
+    tokens: int = Field(description="D_i, tokens drawn from the pool")
+    unique_tokens: int = Field(description="U_i, the pool's unique-token budget")
+    epochs: float = Field(description="epochs_i = D_i / U_i")
+    val_loss: float = Field(description="loss on the pool's own validation split")
+    val_tokens: int = Field(description="validation tokens of the pool scored")
+
+
+POOL_FIELDS = {"pools", "eval_pool"}
+"""The record fields only a multi-pool run has (left out of a one-pool run's `run.json`)."""
 
 
 class RunRecord(BaseModel):
@@ -74,6 +92,8 @@ class RunRecord(BaseModel):
     resumed_at: list[int] = Field(default_factory=list, description="steps the run resumed from checkpoints at")
     wandb_dir: str | None = Field(None, description="the W&B mirror's run folder, if mirrored")
     notes: list[str] = Field(default_factory=list, description="what went wrong on the way and was recovered from (damaged checkpoints skipped)")
+    pools: list[PoolRecord] | None = Field(None, description="several pools: per pool D_i, U_i, epochs_i and its validation loss")
+    eval_pool: str | None = Field(None, description="several pools: the pool whose validation loss is val_loss")
 
     def params_for(self, kind: str) -> int:
         """N as a fit counts it: `non_embedding` (default) or `total`."""
@@ -81,7 +101,7 @@ class RunRecord(BaseModel):
 
     def to_json(self) -> str:
         """The record as written to `run.json`."""
-        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        return json.dumps(self.model_dump(mode="json", exclude=POOL_FIELDS if self.pools is None else None), indent=2) + "\n"
 
 
 def read_record(run_dir: Path) -> RunRecord:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scaling.errors import InputError
 from stages.fields import Count, StoreName
 from stages.shapes import ModelConfig
+from stages.pool_plan import PoolPlan
 from stages.schedule import Schedule
 
 # Fields that change how a run is carried out, not what it computes: kept out of the run's hash.
@@ -77,6 +78,7 @@ class RunConfig(BaseModel):
     eval_tokens: Count | None = Field(None, description="use the first eval_tokens validation tokens; default: all")
     eval_batch_size: int = Field(16, ge=1, description="sequences per rank per evaluation forward pass")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    pools: PoolPlan | None = Field(None, description="several data pools: per pool U_i and D_i (`stages.pool_plan`); null: one corpus")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -94,6 +96,8 @@ class RunConfig(BaseModel):
                 f"use e.g. {' or '.join(str(n * self.batch_tokens) for n in nearest)}"
             )
         self.check_world(self.processes)
+        if self.pools is not None:
+            self.pools.check(self.tokens, self.unique_tokens, self.seq_len)
         if self.eval_tokens is not None and self.eval_tokens <= self.seq_len:
             raise InputError("eval_tokens", f"{self.eval_tokens} must exceed seq_len {self.seq_len}")
         if self.backend == "deepspeed" and self.compile:
@@ -128,4 +132,4 @@ class RunConfig(BaseModel):
 
     def hashed(self) -> dict:
         """The part of the config that determines the run's numbers (operational fields left out)."""
-        return self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
+        return self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS | ({"pools"} if self.pools is None else set()))

@@ -29,7 +29,7 @@ class Batch(NamedTuple):
 class SequenceSampler:
     """Seeded, resumable batches over a unique-token region, for an exact token total."""
 
-    def __init__(self, region: np.ndarray, seq_len: int, batch_size: int, total_tokens: int, seed: int):
+    def __init__(self, region: np.ndarray, seq_len: int, batch_size: int, total_tokens: int, seed: int, stream: int | None = None):
         if seq_len < 1 or batch_size < 1:
             raise InputError("seq_len, batch_size", f"{seq_len}, {batch_size} must both be at least 1")
         if seq_len >= len(region):
@@ -42,6 +42,7 @@ class SequenceSampler:
         self.batch_size = batch_size
         self.total_tokens = int(total_tokens)
         self.seed = seed
+        self.stream = stream  # one of several pools' streams: its own epoch orders (`stages.pool_sampler`)
         self.sequences_per_epoch = (len(region) - 1) // seq_len
         self.total_sequences = self.total_tokens // seq_len
         self.num_steps = -(-self.total_sequences // batch_size)
@@ -71,7 +72,7 @@ class SequenceSampler:
         if epoch not in self._permutations:
             if len(self._permutations) >= 2:  # a batch spans at most two epochs
                 self._permutations.pop(min(self._permutations))
-            rng = np.random.default_rng([self.seed, epoch])
+            rng = np.random.default_rng([self.seed, epoch] if self.stream is None else [self.seed, epoch, self.stream])
             self._permutations[epoch] = rng.permutation(self.sequences_per_epoch)
         return self._permutations[epoch]
 
@@ -79,7 +80,10 @@ class SequenceSampler:
         """The sequence indices of `step`'s batch."""
         self._check_step(step)
         first = step * self.batch_size
-        positions = np.arange(first, min(first + self.batch_size, self.total_sequences))
+        return self.ids_at(np.arange(first, min(first + self.batch_size, self.total_sequences)))
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The sequence indices at these positions of the run's sequence stream (epoch after epoch)."""
         epochs, within = np.divmod(positions, self.sequences_per_epoch)
         ids = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(epochs):

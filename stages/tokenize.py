@@ -29,12 +29,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 from importlib.metadata import version
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaling.errors import InputError
 from stages import contamination
@@ -43,6 +44,7 @@ from stages.corpus import CorpusConfig, corpus_identity, load_corpus, read_texts
 from stages.dedup import DedupConfig, dedup, dedup_hash, read_dedup
 from stages.fields import Count, StoreName
 from stages.mapped_pages import corpus_files, release_mapped_pages
+from stages.pool_config import PER_POOL_FIELDS, PoolConfig, pool_names
 from stages.near_duplicates import MinHashConfig, clusters, signatures
 from stages.split import SplitConfig, cluster_counts, document_order, regions
 from stages.tokenizer import TokenizerConfig, eod_id, load_tokenizer, token_dtype, train_tokenizer
@@ -70,6 +72,38 @@ class TokenizeConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig, description="near-duplicate clusters kept whole on one side of the split")
     dedup: DedupConfig | None = Field(None, description="remove exact and near-duplicates first (its own step); null: keep all")
     num_proc: int = Field(1, ge=1, description="processes for tokenizing; does not change the output")
+    pools: list[PoolConfig] | None = Field(
+        None, min_length=1, description="several named pools, each its own corpus and validation split, one tokenizer "
+        "trained on their union (`stages.pools`); null: one corpus (the settings above)"
+    )
+    eval: str | None = Field(None, description="with pools: the pool whose validation loss is a run's val_loss; default: the first")
+
+    @model_validator(mode="after")
+    def _pools_consistent(self) -> TokenizeConfig:
+        if self.pools is None:
+            if self.eval is not None:
+                raise InputError("eval", f"{self.eval!r} names a pool, but data.pools is not given")
+            return self
+        for field in PER_POOL_FIELDS:
+            if field in self.model_fields_set:
+                raise InputError(field, "is set per pool (data.pools.<i>) when data.pools is given" if field != "dedup"
+                                 else "is not supported with data.pools yet; leave it out")
+        names = pool_names(self.pools)
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise InputError(f"pools.{index}.name", f"{name!r} is used by pools.{names.index(name)} too; pool names must be unique")
+        if self.eval is not None and self.eval not in names:
+            raise InputError("eval", f"{self.eval!r} is not a pool; pools: {', '.join(names)}")
+        return self
+
+    @property
+    def eval_pool(self) -> str | None:
+        """The pool a run's val_loss is scored on (None for a one-pool corpus)."""
+        return None if self.pools is None else self.eval or self.pools[0].name
+
+    def hashed(self) -> dict:
+        """The settings the artifact depends on: all but `num_proc` and `eval` (and `pools` when unset, as before pools)."""
+        return self.model_dump(mode="json", exclude={"num_proc", "eval"} | ({"pools"} if self.pools is None else set()))
 
 
 def _no_progress(phase: str, done: int, total: int) -> None:
@@ -80,8 +114,8 @@ def tokenize_key(config: TokenizeConfig) -> dict:
     """Everything the artifact depends on: the resolved config, the input's identity, the versions."""
     key = {
         "format": FORMAT_VERSION,
-        "config": config.model_dump(mode="json", exclude={"num_proc"}),
-        "corpus": corpus_identity(config.corpus),
+        "config": config.hashed(),
+        "corpus": corpus_identity(config.corpus) if config.pools is None else {pool.name: corpus_identity(pool.corpus) for pool in config.pools},
         "versions": {"datasets": version("datasets"), "tokenizers": version("tokenizers"), "datasketch": version("datasketch")},
         "dedup": dedup_hash(config) if config.dedup else None,
     }
@@ -113,6 +147,12 @@ def tokenize(config: TokenizeConfig, store: Path, progress: Progress | None = No
         return final
     progress = progress or _no_progress
     with _quiet_libraries():
+        if config.pools is not None:
+            from stages.pools import build_pools  # it builds on this module
+
+            with atomic_directory(final) as work:
+                build_pools(config, key, work, progress)
+            return final
         if config.dedup is not None and deduplicated is None:
             deduplicated = dedup(config, store, progress)
         with atomic_directory(final) as work:
@@ -120,26 +160,53 @@ def tokenize(config: TokenizeConfig, store: Path, progress: Progress | None = No
     return final
 
 
-def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, deduplicated: Path | None) -> None:
-    started = time.perf_counter()
-    cache = work / "cache"
-    progress("reading", 0, 1)
-    dataset = load_corpus(config.corpus, cache)
-    progress("reading", 1, 1)
-    clustering = time.perf_counter()
-    kept, sketches, removed = _deduplicated(deduplicated, key["dedup"], len(dataset))
-    labels = _clusters(config, dataset, kept, sketches, progress)
-    positions = document_order(labels, config.seed)
-    order, labels = kept[positions], labels[positions]
-    seconds = {"near_duplicates": time.perf_counter() - clustering}
+class Prepared(NamedTuple):
+    """A corpus read, its near-duplicate clusters found and its documents put in their stored order."""
 
+    dataset: Any
+    order: np.ndarray  # source indices of the kept documents, in stored order
+    labels: np.ndarray  # each stored document's cluster label
+    removed: dict | None  # the dedup stage's removal counts
+    seconds: dict  # phase -> seconds so far
+    started: float  # when reading began
+    clustering: float  # when reading ended and clustering began
+
+
+def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, deduplicated: Path | None) -> None:
+    prepared = prepare(config, key["dedup"], work, progress, deduplicated)
     sample = {"documents": 0, "characters": 0}
     if config.tokenizer.path is None:
         progress("training tokenizer", 0, 1)
-        tokenizer = train_tokenizer(_training_sample(dataset, order, config.tokenizer.training_characters, sample), config.tokenizer)
+        tokenizer = train_tokenizer(training_sample(prepared, config.tokenizer.training_characters, sample), config.tokenizer)
         progress("training tokenizer", 1, 1)
     else:
         tokenizer = load_tokenizer(config.tokenizer)
+    write_artifact(config, key, work, progress, prepared, tokenizer, sample)
+
+
+def prepare(config: TokenizeConfig, dedup_key: str | None, work: Path, progress: Progress, deduplicated: Path | None) -> Prepared:
+    """Read the corpus (cached under `work/cache`), find its near-duplicate clusters and order its documents."""
+    started = time.perf_counter()
+    progress("reading", 0, 1)
+    dataset = load_corpus(config.corpus, work / "cache")
+    progress("reading", 1, 1)
+    clustering = time.perf_counter()
+    kept, sketches, removed = _deduplicated(deduplicated, dedup_key, len(dataset))
+    labels = _clusters(config, dataset, kept, sketches, progress)
+    positions = document_order(labels, config.seed)
+    order, labels = kept[positions], labels[positions]
+    return Prepared(dataset, order, labels, removed, {"near_duplicates": time.perf_counter() - clustering}, started, clustering)
+
+
+def training_sample(prepared: Prepared, characters: int, sample: dict) -> Iterator[str]:
+    """The tokenizer's training texts: documents at the end of the stored order (never validation ones)."""
+    return _training_sample(prepared.dataset, prepared.order, characters, sample)
+
+
+def write_artifact(config: TokenizeConfig, key: dict, work: Path, progress: Progress, prepared: Prepared, tokenizer, sample: dict) -> None:
+    """Tokenize the prepared corpus with `tokenizer` and write the artifact's files and manifest into `work`."""
+    dataset, order, labels, removed, seconds, started, clustering = prepared
+    seconds = dict(seconds)
     tokenizer.save(str(work / "tokenizer.json"))
     eod = eod_id(tokenizer, config.tokenizer)
     dtype = token_dtype(tokenizer.get_vocab_size(), config.tokenizer)
@@ -147,7 +214,7 @@ def _build(config: TokenizeConfig, key: dict, work: Path, progress: Progress, de
     with _single_threaded_tokenizers():
         every_length, tokens_sha = _write_tokens(dataset, order, tokenizer, eod, dtype, work, config.num_proc, progress)
     del dataset
-    shutil.rmtree(cache)
+    shutil.rmtree(work / "cache")
     lengths = every_length[order]
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     layout = regions(offsets, labels, config.validation_tokens, sample["documents"])

@@ -40,7 +40,7 @@ from stages.metrics import MetricsLog, WandbMirror, peak_flops
 from stages.model import Transformer, token_losses
 from stages.record import RECORD, RunRecord, ShapeRecord
 from stages.run_config import RunConfig
-from stages.sampler import SequenceSampler
+from stages.pool_run import pool_fields, scored, training_sampler, validation_sets
 
 RUN_CONFIG = "run_config.json"
 FAILED = "failed.json"
@@ -121,7 +121,7 @@ def _train(
     _prepare_cpu(ranks.device)
     micro_batch, micro_steps = config.micro_batching(ranks.world)
     per_rank = micro_batch * micro_steps
-    sampler = SequenceSampler(data.budget(config.unique_tokens), config.seq_len, config.batch_size, config.tokens, config.seed)
+    sampler = training_sampler(config, data)
     shape = config.model.shape(data.manifest["tokenizer"]["vocab_size"], config.seq_len)
     schedule = config.schedule()
     autocast = _autocast(config, ranks.device)
@@ -204,8 +204,9 @@ def _train(
         extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss, "notes": notes}
         checkpoint.save(run_dir, sampler.num_steps, extra, engine, ranks, config.keep_checkpoints)
 
-    validation = data.validation()[: config.eval_tokens]
-    val_loss, val_tokens = validation_loss(model, validation, config.seq_len, config.eval_batch_size, ranks, autocast)
+    scores = {pool: validation_loss(model, tokens, config.seq_len, config.eval_batch_size, ranks, autocast)
+              for pool, tokens in validation_sets(config, data).items()}  # fmt: skip
+    val_loss, val_tokens = scored(config, scores)
     if not math.isfinite(val_loss):
         _fail(run_dir, ranks, sampler.num_steps, f"validation loss is {val_loss}", mirror, log)
     distributed.barrier()  # every rank finished: so a run.json means the whole run did (`stages.launch`)
@@ -245,6 +246,7 @@ def _train(
         resumed_at=resumed_at,
         wandb_dir=mirror.directory if mirror else None,
         notes=notes,
+        **pool_fields(config, scores),
     )
     if mirror:
         mirror.finish(record.model_dump(mode="json"))

@@ -19,7 +19,7 @@ from stages.tokenize import TokenizeConfig, tokenize, tokenize_hash
 
 def tokenize_step(data: TokenizeConfig, dedup: Step | None = None) -> Step:
     """The step of a corpus (on its dedup step, if any); its hash is the artifact's own (`stages.tokenize.tokenize_key`)."""
-    config = data.model_dump(mode="json", exclude={"num_proc"})
+    config = data.hashed()
     return Step("tokenize", data.name, config, [dedup] if dedup else [], digest=tokenize_hash(data))
 
 
