@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
 from pipeline.config_files import read_yaml, validation_error
+from pipeline.pool_grid import check_pool_block, check_pool_grid, pool_budgets, pool_point_name, pool_targets
 from scaling.errors import InputError
 from scaling.fit import METHODS, FitSpec, fixed_to_theta
 from scaling.laws import PRESETS, preset
@@ -110,17 +111,33 @@ class ModelEntry(ModelConfig):
 
 
 class GridBlock(BaseModel):
-    """One block of the grid: models x unique budgets x epochs, or x compute budgets (isoFLOP)."""
+    """One block of the grid: models x unique budgets x epochs, or x compute budgets (isoFLOP); with several
+    data pools, models x each pool's unique budgets x mixes x total tokens (or compute budgets)."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: Annotated[list[str], BeforeValidator(_as_list)] | None = Field(None, description="model names; default: all")
-    unique_tokens: Annotated[list[Count], BeforeValidator(_as_list), Field(min_length=1)]
+    unique_tokens: Annotated[list[Count], BeforeValidator(_as_list), Field(min_length=1)] | None = Field(
+        None, description="U, the unique-token budgets (one corpus)")
     epochs: Annotated[list[Annotated[float, Field(ge=1, allow_inf_nan=False)]], BeforeValidator(_as_list), Field(min_length=1)] | None = None
     flops: Annotated[list[Quantity], BeforeValidator(_as_list), Field(min_length=1)] | None = None
+    tokens: Annotated[list[Count], BeforeValidator(_as_list), Field(min_length=1)] | None = Field(
+        None, description="several pools: D, the runs' total tokens")
+    pools: dict[str, Annotated[list[Count], BeforeValidator(_as_list), Field(min_length=1)]] | None = Field(
+        None, description="several pools: each pool's unique budgets U_i, every pool of data.pools named")
+    mix: Annotated[list[dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]], BeforeValidator(_as_list),
+                   Field(min_length=1)] | None = Field(None, description="several pools: the share of D each pool gets, adding up "
+                                                       "to 1 (a pool left out gets 0)")  # fmt: skip
 
     @model_validator(mode="after")
     def _one_form(self) -> GridBlock:
+        if self.pools is not None or self.mix is not None:
+            check_pool_block(self)
+            return self
+        if self.tokens is not None:
+            raise InputError("tokens", "is for several pools (with pools: and mix:); one corpus gives unique_tokens and epochs or flops")
+        if self.unique_tokens is None:
+            raise InputError("unique_tokens", "is required")
         if (self.epochs is None) == (self.flops is None):
             raise InputError("epochs", "give epochs (a full grid) or flops (isoFLOP compute budgets): exactly one of them")
         return self
@@ -194,6 +211,7 @@ class SweepConfig(BaseModel):
                 where = f"models.{index}.train" if entry.train else "train"
                 raise InputError(f"{where}.batch_tokens", f"{train.batch_tokens} is not a multiple of seq_len {train.seq_len}")
             self.resources_for(entry.name)
+        check_pool_grid(self.grid, self.data.pools)
         return self
 
     def _entry(self, model: str) -> tuple[int, ModelEntry]:
@@ -276,7 +294,7 @@ def load_sweep(path: Path) -> SweepConfig:
 
 def expand(
     sweep: SweepConfig,
-    corpus_train_tokens: int | None = None,
+    corpus_train_tokens: int | dict[str, int] | None = None,
     *,
     vocab_size: int | None = None,
     skip_invalid: bool = False,
@@ -284,7 +302,8 @@ def expand(
 ) -> list[RunSpec]:
     """Every run of the sweep in grid order (blocks, models, U, epochs or flops, then seeds).
 
-    `corpus_train_tokens` (the tokenized corpus's training tokens, when known) bounds U;
+    `corpus_train_tokens` (the tokenized corpus's training tokens, when known; one number per pool for
+    several pools) bounds U;
     `vocab_size` defaults to `sweep.vocab_size()`. An impossible grid point raises InputError
     naming it, unless `skip_invalid`: then it is left out and its message appended to `skipped`.
     """
@@ -293,33 +312,44 @@ def expand(
     first_error = None
     for block in sweep.grid:
         for model in block.models or [entry.name for entry in sweep.models]:
-            for unique in block.unique_tokens:
-                for target in [{"epochs": e} for e in block.epochs or []] + [{"flops": c} for c in block.flops or []]:
-                    try:
-                        point = _point(sweep, model, unique, target, vocab, corpus_train_tokens)
-                    except InputError as err:
-                        if not skip_invalid:
-                            raise
-                        first_error = first_error or err
-                        if skipped is not None:
-                            skipped.append(str(err))
-                        continue
-                    for seed in sweep.seeds:
-                        spec = _with_seed(point, seed)
-                        if spec.name in runs and runs[spec.name].config != spec.config:
-                            raise InputError("grid", f"two different runs are both named {spec.name!r}; make their U or epochs differ more")
-                        runs.setdefault(spec.name, spec)
+            for make in _point_makers(sweep, block, model, vocab, corpus_train_tokens):
+                try:
+                    point = make()
+                except InputError as err:
+                    if not skip_invalid:
+                        raise
+                    first_error = first_error or err
+                    if skipped is not None:
+                        skipped.append(str(err))
+                    continue
+                for seed in sweep.seeds:
+                    spec = _with_seed(point, seed)
+                    if spec.name in runs and runs[spec.name].config != spec.config:
+                        raise InputError("grid", f"two different runs are both named {spec.name!r}; make their U or epochs differ more")
+                    runs.setdefault(spec.name, spec)
     if not runs:
         raise InputError("grid", f"no grid point is possible; the first: {first_error}")
     return list(runs.values())
 
 
+def _point_makers(sweep: SweepConfig, block: GridBlock, model: str, vocab: int, corpus_train_tokens) -> list:
+    """One callable per grid point of the block for this model (in grid order), each building its RunSpec."""
+    if block.pools is not None:
+        return [lambda u=unique, m=mix, t=target: _pool_point(sweep, model, u, m, t, vocab, corpus_train_tokens)
+                for unique, mix, target in pool_targets(block)]  # fmt: skip
+    targets = [{"epochs": e} for e in block.epochs or []] + [{"flops": c} for c in block.flops or []]
+    return [lambda u=unique, t=target: _point(sweep, model, u, t, vocab, corpus_train_tokens)
+            for unique in block.unique_tokens for target in targets]  # fmt: skip
+
+
+def _impossible(point: str, message: str) -> InputError:
+    return InputError(f"grid point {point}", message)
+
+
 def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int, corpus_train_tokens: int | None) -> RunSpec:
     """The run of one grid point with seed 0; InputError naming the point if it is impossible."""
-    _, entry = sweep._entry(model)
     train = sweep.train_for(model)
-    model_config = entry.model()
-    shape = model_config.shape(vocab, train.seq_len)
+    shape = sweep._entry(model)[1].model().shape(vocab, train.seq_len)
     counts = shape.params
     batch = train.batch_tokens
     if "epochs" in target:
@@ -329,36 +359,64 @@ def _point(sweep: SweepConfig, model: str, unique: int, target: dict, vocab: int
         point = f"{model}-C{_compact(target['flops'])}-U{format_quantity(unique)}"
         wanted = target["flops"] / (6 * counts.non_embedding)
 
-    def impossible(message: str) -> InputError:
-        return InputError(f"grid point {point}", message)
-
     if corpus_train_tokens is not None and unique > corpus_train_tokens:
-        raise impossible(f"unique_tokens: {unique} exceeds the corpus's {corpus_train_tokens} training tokens")
+        raise _impossible(point, f"unique_tokens: {unique} exceeds the corpus's {corpus_train_tokens} training tokens")
     if wanted < unique - batch / 2:
-        raise impossible(
+        raise _impossible(point,
             f"flops: {_compact(target['flops'])} gives D = {wanted:,.0f} tokens for N = {counts.non_embedding:,} non-embedding "
             f"parameters, less than U = {unique:,} (epochs {wanted / unique:.3g} < 1); lower unique_tokens or raise flops"
         )
     if unique <= train.seq_len:
-        raise impossible(f"unique_tokens: {unique} is not longer than seq_len {train.seq_len}; a sequence needs seq_len + 1 unique tokens")
+        raise _impossible(point, f"unique_tokens: {unique} is not longer than seq_len {train.seq_len}; a sequence needs seq_len + 1 unique tokens")
     steps = unique // batch if abs(wanted - unique) <= batch / 2 else round(wanted / batch)
+    return _run_spec(sweep, model, point, shape, _whole_steps(point, steps, wanted, batch), unique, target, None)
+
+
+def _pool_point(sweep: SweepConfig, model: str, unique: dict[str, int], mix: dict[str, float], target: dict, vocab: int,
+                corpus_train_tokens: dict[str, int] | None) -> RunSpec:  # fmt: skip
+    """The run of one multi-pool grid point with seed 0: D split over the pools by the mix; InputError naming it if impossible."""
+    train = sweep.train_for(model)
+    shape = sweep._entry(model)[1].model().shape(vocab, train.seq_len)
+    point = pool_point_name(model, unique, mix, target)
+    wanted = target["tokens"] if "tokens" in target else target["flops"] / (6 * shape.params.non_embedding)
+    for pool, budget in unique.items():
+        if corpus_train_tokens is not None and budget > corpus_train_tokens[pool]:
+            raise _impossible(point, f"pools.{pool}: unique_tokens {budget} exceeds pool {pool}'s {corpus_train_tokens[pool]} training tokens")
+    tokens = _whole_steps(point, round(wanted / train.batch_tokens), wanted, train.batch_tokens)
+    plan = {"eval": sweep.data.eval_pool, "budgets": pool_budgets(tokens, train.seq_len, unique, mix)}
+    return _run_spec(sweep, model, point, shape, tokens, sum(unique.values()), target, plan)
+
+
+def _whole_steps(point: str, steps: int, wanted: float, batch: int) -> int:
+    """The run's D: `steps` whole steps of `batch` tokens; InputError naming the point when that is no step."""
     if steps < 1:
-        raise impossible(f"train.batch_tokens: {batch} is more than the {wanted:,.0f} tokens of the run; it needs one whole step")
-    tokens = steps * batch
-    settings = {**train.model_dump(), "name": f"{point}-s0", "model": model_config.model_dump(), "tokens": tokens,
-                "unique_tokens": unique, "seed": 0, "wandb": sweep.wandb.model_dump()}
+        raise _impossible(point, f"train.batch_tokens: {batch} is more than the {wanted:,.0f} tokens of the run; it needs one whole step")
+    return steps * batch
+
+
+def _run_spec(sweep: SweepConfig, model: str, point: str, shape: ModelShape, tokens: int, unique: int, target: dict,
+              pools: dict | None) -> RunSpec:  # fmt: skip
+    """The checked RunSpec of a grid point (seed 0) training on `tokens` from `unique` (over `pools`, if given)."""
+    train = sweep.train_for(model)
+    counts = shape.params
+    settings = {**train.model_dump(), "name": f"{point}-s0", "model": sweep._entry(model)[1].model().model_dump(), "tokens": tokens,
+                "unique_tokens": unique, "seed": 0, "wandb": sweep.wandb.model_dump()}  # fmt: skip
+    if pools is not None:
+        settings["pools"] = pools
     try:
         config = RunConfig.model_validate(settings)
     except ValidationError as err:
-        raise impossible(str(validation_error(err, RunConfig))) from None
+        raise _impossible(point, str(validation_error(err, RunConfig))) from None
     resources = sweep.resources_for(model)
     try:
         config.check_world(_world_size(resources, config.processes))
     except ValueError as err:
-        raise impossible(f"{err} (resources: {resources.nodes} node(s) x {resources.gpus} GPU(s))") from None
-    validation = min(sweep.data.validation_tokens, config.eval_tokens or sweep.data.validation_tokens)
+        raise _impossible(point, f"{err} (resources: {resources.nodes} node(s) x {resources.gpus} GPU(s))") from None
+    data = sweep.data
+    held = min(pool.validation_tokens for pool in data.pools) if data.pools else data.validation_tokens
+    validation = min(held, config.eval_tokens or held)
     if validation <= config.seq_len:
-        raise impossible(f"seq_len: {config.seq_len} is not shorter than the {validation} validation tokens; raise data.validation_tokens")
+        raise _impossible(point, f"seq_len: {config.seq_len} is not shorter than the {validation} validation tokens; raise data.validation_tokens")
     return RunSpec(
         name=config.name, point=point, model=model, seed=0, config=config, shape=shape, params=counts.total,
         params_non_embedding=counts.non_embedding, tokens=tokens, unique_tokens=unique, epochs=tokens / unique,

@@ -23,6 +23,7 @@ from pipeline.config import SweepConfig, expand
 from pipeline.graph import Node
 from pipeline.kinds.dedup import DedupKind
 from pipeline.kinds.fit import FitKind, FitSpec
+from pipeline.kinds.pool_report import PoolReportKind
 from pipeline.kinds.report import ReportKind
 from pipeline.kinds.tokenize import TokenizeKind
 from pipeline.kinds.train import TrainKind
@@ -30,7 +31,7 @@ from pipeline.ray_session import ray_session
 from pipeline.runner import Progress, Runner
 from pipeline.store import State, Store
 from scaling.errors import InputError
-from stages.data import TokenData
+from stages.pool_data import train_tokens
 from stages.record import RunFailure, RunRecord
 
 
@@ -74,7 +75,10 @@ def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, s
     specs = expand(sweep, corpus_train_tokens, skip_invalid=skip_invalid, skipped=skipped)
     runs = {spec.name: Node(TrainKind(), spec.name, spec, needs=(corpus,)) for spec in specs}
     fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit), uses=tuple(runs.values()), static=False)
-    report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit, corpus), uses=tuple(runs.values()), static=False)
+    if sweep.data.pools:  # several pools: a report of the runs themselves, with or without a fitted law
+        report = Node(PoolReportKind(), sweep.name, sweep.name, uses=(fit, *runs.values()), static=False)
+    else:
+        report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit, corpus), uses=tuple(runs.values()), static=False)
     return SweepGraph(corpus, runs, fit, report)
 
 
@@ -89,7 +93,7 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
         runner = Runner(root, progress)
         corpus = tokenize_node(sweep)
         data = runner.run([corpus])[id(corpus)]
-        corpus_tokens = TokenData(Path(data.value)).train_tokens if data.done else None
+        corpus_tokens = train_tokens(Path(data.value)) if data.done else None
         graph = sweep_graph(sweep, corpus_tokens, skip_invalid=skip_invalid, corpus=corpus)
         outcomes = runner.run(graph.nodes)  # the corpus's outcome is known: it is not dispatched again
         return _outcome(graph, outcomes)

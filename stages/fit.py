@@ -15,7 +15,7 @@ from scaling.errors import InputError
 from scaling.fit import FitSpec
 from scaling.lawfile import dumps, fit_law_document
 from scaling.runs import RunTable
-from stages.record import RunRecord
+from stages.record import POOL_FIELDS, RunRecord
 
 LAW = "law.json"
 RUNS = "runs.csv"
@@ -41,9 +41,11 @@ def run_table(records: list[RunRecord], params_kind: str = "non_embedding") -> R
 
 
 def runs_csv(records: list[RunRecord]) -> str:
-    """The run records as CSV text with the columns `dcsl fit` reads first (nested fields left out)."""
-    flat = [{key: value for key, value in record.model_dump(mode="json").items() if not isinstance(value, (dict, list))}
-            for record in records]
+    """The run records as CSV text with the columns `dcsl fit` reads first (nested fields left out); a multi-pool
+    run adds per pool `tokens.<pool>`, `unique_tokens.<pool>`, `epochs.<pool>` and `val_loss.<pool>`."""
+    flat = [{**{key: value for key, value in record.model_dump(mode="json", exclude=POOL_FIELDS if record.pools is None else None).items()
+                if not isinstance(value, (dict, list))}, **pool_columns(record)}
+            for record in records]  # fmt: skip
     names = list(dict.fromkeys(["name", "params", "params_non_embedding", "tokens", "unique_tokens", "epochs", "val_loss",
                                 *(key for record in flat for key in record)]))
     buffer = io.StringIO()
@@ -53,9 +55,25 @@ def runs_csv(records: list[RunRecord]) -> str:
     return buffer.getvalue()
 
 
+def pool_columns(record: RunRecord) -> dict:
+    """A multi-pool run's per-pool columns, pool by pool in the corpus's order (none for a one-pool run)."""
+    columns = {}
+    for pool in record.pools or []:
+        columns.update({f"{field}.{pool.name}": getattr(pool, field) for field in ("tokens", "unique_tokens", "epochs", "val_loss")})
+    return columns
+
+
+def check_one_pool(records: list[RunRecord], law: str) -> None:
+    """InputError when multi-pool runs would be fitted with a one-pool law (their U and D are sums over pools)."""
+    if any(record.pools for record in records):
+        raise InputError("fit.law", f"{law!r} fits runs on one corpus; these runs draw from several pools and need law "
+                         "multi-pool, which this dcsl does not have yet. Their per-pool table: dcsl runs STORE")  # fmt: skip
+
+
 def fit_runs(records: list[RunRecord], spec: FitSpec, out_dir: Path, *, params_kind: str = "non_embedding",
              resamples: int = 0, seed: int = 0) -> dict:
     """Fit the law to the runs, write `law.json` and `runs.csv` into `out_dir`, return the law document."""
+    check_one_pool(records, spec.law)
     _, document = fit_law_document(run_table(records, params_kind), spec, resamples=resamples, seed=seed)
     document["params_kind"] = params_kind
     out_dir = Path(out_dir)
