@@ -53,7 +53,7 @@ from stages.tokenizer import load_tokenizer
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.]*$"  # no '-': it separates the parts of a run name
 MODEL_NAME_LENGTH = 64  # with the grid point and seed, a run name stays within `stages.fields.NAME_LENGTH`
-PER_RUN_FIELDS = {"name", "model", "tokens", "unique_tokens", "seed", "wandb"}  # set by the grid, the seeds, `wandb`
+PER_RUN_FIELDS = {"name", "model", "tokens", "unique_tokens", "seed", "wandb", "pools"}  # set by the grid, the seeds, `wandb`
 
 
 def _quantity(value: Any, info: ValidationInfo) -> float:

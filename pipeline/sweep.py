@@ -60,6 +60,7 @@ class SweepOutcome:
     law_path: Path | None = None
     report_path: Path | None = None
     fit_state: State | None = None
+    fit_reason: str = ""
 
 
 def tokenize_node(sweep: SweepConfig) -> Node:
@@ -68,7 +69,7 @@ def tokenize_node(sweep: SweepConfig) -> Node:
     return Node(TokenizeKind(), sweep.data.name, sweep.data, needs=dedup)
 
 
-def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, skip_invalid: bool = False,
+def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | dict[str, int] | None = None, *, skip_invalid: bool = False,
                 skipped: list[str] | None = None, corpus: Node | None = None) -> SweepGraph:  # fmt: skip
     """The sweep's graph (no work done): its runs are `expand(sweep, corpus_train_tokens, ...)`."""
     corpus = corpus or tokenize_node(sweep)
@@ -117,4 +118,5 @@ def _outcome(graph: SweepGraph, outcomes: dict) -> SweepOutcome:
         law_path=Path(fit.value) if fit.done else None,
         report_path=Path(report.value) if report.done else None,
         fit_state=fit.state if fit.step is not None else None,
+        fit_reason=fit.reason or "",
     )

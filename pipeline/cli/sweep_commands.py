@@ -86,7 +86,8 @@ def sweep_command(
             _copy_report(outcome.report_path.parent, out)
             typer.echo(f"copied to {out}/")
     if outcome.fit_state is not None and outcome.fit_state is not State.DONE:
-        typer.echo(f"the fit is {outcome.fit_state.value}; see dcsl status {sweep.store}")
+        reason = f" ({outcome.fit_reason})" if outcome.fit_reason else ""
+        typer.echo(f"the fit is {outcome.fit_state.value}{reason}; see dcsl status {sweep.store}")
     if outcome.failed:
         raise typer.Exit(3)
     if not outcome.law_path:
