@@ -19,7 +19,11 @@ def pool_data(data: TokenData) -> dict[str, TokenData]:
 
 def train_tokens(path: Path) -> int | dict[str, int]:
     """The training tokens of a tokenize artifact: one number, or one per pool for a multi-pool artifact."""
-    data = TokenData(path)
-    if is_pooled(data):
-        return {entry["name"]: entry["train_tokens"] for entry in data.manifest["pools"]}
-    return data.train_tokens
+    return manifest_train_tokens(TokenData(path).manifest)
+
+
+def manifest_train_tokens(manifest: dict) -> int | dict[str, int]:
+    """The training tokens a tokenize manifest records: one number, or one per pool (by name) for several pools."""
+    if "pools" in manifest:
+        return {entry["name"]: entry["train_tokens"] for entry in manifest["pools"]}
+    return manifest["train"]["tokens"]

@@ -38,6 +38,7 @@ def plan_command(
 ) -> None:
     """Expand a sweep into its runs and print them with total compute and estimated time, without running anything."""
     from pipeline.config import expand, load_sweep
+    from stages.pool_data import manifest_train_tokens
 
     sweep = load_sweep(sweep_file)
     store_root = store or Path(sweep.store)
@@ -46,7 +47,7 @@ def plan_command(
         corpus = tokenized_corpus(sweep, store_root)
     skipped: list[str] = []
     runs = expand(
-        sweep, corpus["train"]["tokens"] if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
+        sweep, manifest_train_tokens(corpus) if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
         skip_invalid=skip_invalid, skipped=skipped,
     )  # fmt: skip
     if corpus is None:
