@@ -336,7 +336,7 @@ def _point_makers(sweep: SweepConfig, block: GridBlock, model: str, vocab: int, 
     """One callable per grid point of the block for this model (in grid order), each building its RunSpec."""
     if block.pools is not None:
         return [lambda u=unique, m=mix, t=target: _pool_point(sweep, model, u, m, t, vocab, corpus_train_tokens)
-                for unique, mix, target in pool_targets(block)]  # fmt: skip
+                for unique, mix, target in pool_targets(block, [pool.name for pool in sweep.data.pools])]  # fmt: skip
     targets = [{"epochs": e} for e in block.epochs or []] + [{"flops": c} for c in block.flops or []]
     return [lambda u=unique, t=target: _point(sweep, model, u, t, vocab, corpus_train_tokens)
             for unique in block.unique_tokens for target in targets]  # fmt: skip

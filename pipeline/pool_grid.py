@@ -45,7 +45,7 @@ def check_pool_block(block: Any) -> None:
     for index, weights in enumerate(block.mix):
         total = sum(weights.values())
         if abs(total - 1) > WEIGHT_TOLERANCE:
-            raise InputError(f"mix.{index}", f"{weights} adds up to {total:g}; the weights must add up to 1")
+            raise InputError("mix", f"entry {index}, {weights}, adds up to {total:g}; the weights must add up to 1")
 
 
 def check_pool_grid(grid: list, pools: list | None) -> None:
@@ -68,12 +68,12 @@ def check_pool_grid(grid: list, pools: list | None) -> None:
             raise InputError(f"grid.{index}.pools", f"gives no unique_tokens for pool {missing[0]!r}; give every pool its budgets")
 
 
-def pool_targets(block: Any) -> list[tuple[dict[str, int], dict[str, float], dict]]:
-    """(U_i by pool, weight by pool, target) of every point of a pool block, in grid order."""
-    names = list(block.pools)
+def pool_targets(block: Any, names: list[str]) -> list[tuple[dict[str, int], dict[str, float], dict]]:
+    """(U_i by pool, weight by pool, target) of every point of a pool block, in grid order; pools in the
+    corpus's order `names` (the first is the reference), whatever the block's order."""
     targets = [{"tokens": d} for d in block.tokens or []] + [{"flops": c} for c in block.flops or []]
     return [(dict(zip(names, budgets)), {name: float(mix.get(name, 0.0)) for name in names}, target)
-            for budgets in itertools.product(*block.pools.values()) for mix in block.mix for target in targets]  # fmt: skip
+            for budgets in itertools.product(*(block.pools[name] for name in names)) for mix in block.mix for target in targets]  # fmt: skip
 
 
 def pool_point_name(model: str, unique: dict[str, int], mix: dict[str, float], target: dict) -> str:
