@@ -18,6 +18,7 @@ Output, `<store>/tokenize/<name>-<hash>/`:
 from __future__ import annotations
 
 import json
+import time
 from itertools import chain
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def pool_config(config: TokenizeConfig, index: int) -> TokenizeConfig:
 
 def build_pools(config: TokenizeConfig, key: dict, work: Path, progress: Progress) -> None:
     """Build the multi-pool artifact of `config` (its `tokenize_key` is `key`) into `work`."""
+    started = time.perf_counter()
     configs = [pool_config(config, index) for index in range(len(config.pools))]
     folders = [work / POOLS_DIR / pool.name for pool in configs]
     prepared = []
@@ -77,6 +79,7 @@ def build_pools(config: TokenizeConfig, key: dict, work: Path, progress: Progres
             "file_sha256": key.get("tokenizer_sha256"),
         },
         "pools": summaries,
+        "seconds": round(time.perf_counter() - started, 3),
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

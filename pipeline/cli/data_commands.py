@@ -79,9 +79,15 @@ def _summarise(artifact: Path, reused: bool, seconds: float) -> None:
         typer.echo(f"reused {artifact} (same config and input; finished earlier in {manifest['seconds']:.1f} s)")
     else:
         typer.echo(f"wrote {artifact} in {seconds:.1f} s")
+    parts = [(f"pool {pool['name']}: ", artifact / pool["path"]) for pool in manifest["pools"]] if "pools" in manifest else [("", artifact)]
+    for prefix, folder in parts:  # several pools: each pool's own artifact
+        _describe(json.loads((folder / "manifest.json").read_text()), prefix)
+
+
+def _describe(manifest: dict, prefix: str) -> None:
     tokenizer = manifest["tokenizer"]
     typer.echo(
-        f"documents {manifest['documents']:,}  tokens {manifest['tokens']:,} ({format_quantity(manifest['tokens'])})  "
+        f"{prefix}documents {manifest['documents']:,}  tokens {manifest['tokens']:,} ({format_quantity(manifest['tokens'])})  "
         f"tokens/s {manifest['tokens_per_second']:,.0f}\n"
         f"validation {manifest['validation']['tokens']:,} tokens in {manifest['validation']['documents']:,} documents  "
         f"training {manifest['train']['tokens']:,} tokens in {manifest['train']['documents']:,} documents\n"
