@@ -13,17 +13,15 @@ run draws nothing from it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from scaling.errors import InputError
-from stages.sampler import Batch, SequenceSampler
+from stages.sampler import Batch, BatchStream, SequenceSampler
 
 PHASE_STREAM = 0x706F6F6C  # the seed sequence of the pools' phases: [seed, PHASE_STREAM]
 
 
-class PoolSampler:
+class PoolSampler(BatchStream):
     """Seeded, resumable batches over several pools' regions, for exact per-pool token totals."""
 
     def __init__(self, regions: list[np.ndarray], pool_tokens: list[int], seq_len: int, batch_size: int, seed: int):
@@ -54,9 +52,6 @@ class PoolSampler:
         """Target tokens in one epoch of every pool drawn from."""
         return sum(stream.tokens_per_epoch for stream in self.streams if stream)
 
-    def __len__(self) -> int:
-        return self.num_steps
-
     def pools_of(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(pool index, the sequence's position in that pool's stream) of each sequence of `step`'s batch."""
         if not 0 <= step < self.num_steps:
@@ -81,9 +76,3 @@ class PoolSampler:
             tokens[rows] = stream.region[starts[:, None] + self._offsets]
         return Batch(step, self.epoch_of(step), tokens)
 
-    def batches(self, start_step: int = 0) -> Iterator[Batch]:
-        """Every batch from `start_step` (to resume a run) to the end."""
-        if not 0 <= start_step <= self.num_steps:
-            raise InputError("start_step", f"{start_step} is outside 0..{self.num_steps}")
-        for step in range(start_step, self.num_steps):
-            yield self.batch(step)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from stages.artifacts import mark_success, step_hash
 from stages.data import TokenData
-from stages.tokenize import FORMAT_VERSION, Progress, TokenizeConfig, prepare, training_sample, write_artifact
-from stages.tokenizer import eod_id, load_tokenizer, train_tokenizer
+from stages.tokenize import Progress, TokenizeConfig, manifest_head, prepare, training_sample, write_artifact
+from stages.tokenizer import load_tokenizer, train_tokenizer
 
 POOLS_DIR = "pools"
 
@@ -56,7 +56,7 @@ def build_pools(config: TokenizeConfig, key: dict, work: Path, progress: Progres
     else:
         tokenizer = load_tokenizer(config.tokenizer)
     tokenizer.save(str(work / "tokenizer.json"))
-    digest = step_hash(key)
+    digest = step_hash(key)  # the multi-pool artifact's hash, recorded in each pool's key
     for index, (pool, folder) in enumerate(zip(configs, folders)):
         pool_key = {**key, "config": pool.hashed(), "corpus": key["corpus"][pool.name], "pools_hash": digest}
         write_artifact(pool, pool_key, folder, _named(progress, pool.name), prepared[index], tokenizer, samples[index])
@@ -64,20 +64,7 @@ def build_pools(config: TokenizeConfig, key: dict, work: Path, progress: Progres
         mark_success(folder)
     summaries = [_summary(TokenData(folder), pool.name) for pool, folder in zip(configs, folders)]
     manifest = {
-        "name": config.name,
-        "hash": digest,
-        "format": FORMAT_VERSION,
-        "config": key["config"],
-        "source": key["corpus"],
-        "versions": key["versions"],
-        "tokenizer": {
-            "trained": config.tokenizer.path is None,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "eod_token": config.tokenizer.eod_token,
-            "eod_id": eod_id(tokenizer, config.tokenizer),
-            "training_sample": {pool.name: sample for pool, sample in zip(configs, samples)},
-            "file_sha256": key.get("tokenizer_sha256"),
-        },
+        **manifest_head(config, key, tokenizer, {pool.name: sample for pool, sample in zip(configs, samples)}),
         "pools": summaries,
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -26,7 +26,27 @@ class Batch(NamedTuple):
     tokens: np.ndarray  # (batch, T + 1) int64
 
 
-class SequenceSampler:
+class BatchStream:
+    """A run's batches by step, each computable on its own: `batch(step)` for steps 0..num_steps-1."""
+
+    num_steps: int
+
+    def batch(self, step: int) -> Batch:
+        """The batch of `step`."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def batches(self, start_step: int = 0) -> Iterator[Batch]:
+        """Every batch from `start_step` (to resume a run) to the end."""
+        if not 0 <= start_step <= self.num_steps:
+            raise InputError("start_step", f"{start_step} is outside 0..{self.num_steps}")
+        for step in range(start_step, self.num_steps):
+            yield self.batch(step)
+
+
+class SequenceSampler(BatchStream):
     """Seeded, resumable batches over a unique-token region, for an exact token total."""
 
     def __init__(self, region: np.ndarray, seq_len: int, batch_size: int, total_tokens: int, seed: int, stream: int | None = None):
@@ -58,9 +78,6 @@ class SequenceSampler:
     def epochs(self) -> float:
         """Epochs the whole run makes over the region: D / tokens_per_epoch."""
         return self.total_sequences / self.sequences_per_epoch
-
-    def __len__(self) -> int:
-        return self.num_steps
 
     def epoch_of(self, step: int) -> int:
         """The (0-based) epoch of the first sequence of `step`."""
@@ -96,13 +113,6 @@ class SequenceSampler:
         starts = self.sequence_ids(step) * self.seq_len
         tokens = np.asarray(self.region[starts[:, None] + self._offsets], dtype=np.int64)
         return Batch(step, self.epoch_of(step), tokens)
-
-    def batches(self, start_step: int = 0) -> Iterator[Batch]:
-        """Every batch from `start_step` (to resume a run) to the end."""
-        if not 0 <= start_step <= self.num_steps:
-            raise InputError("start_step", f"{start_step} is outside 0..{self.num_steps}")
-        for step in range(start_step, self.num_steps):
-            yield self.batch(step)
 
     def _check_step(self, step: int) -> None:
         if not 0 <= step < self.num_steps:

@@ -231,20 +231,7 @@ def write_artifact(config: TokenizeConfig, key: dict, work: Path, progress: Prog
 
     total_seconds = time.perf_counter() - started
     manifest = {
-        "name": config.name,
-        "hash": step_hash(key),
-        "format": FORMAT_VERSION,
-        "config": key["config"],
-        "source": key["corpus"],
-        "versions": key["versions"],
-        "tokenizer": {
-            "trained": config.tokenizer.path is None,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "eod_token": config.tokenizer.eod_token,
-            "eod_id": eod,
-            "training_sample": sample,
-            "file_sha256": key.get("tokenizer_sha256"),
-        },
+        **manifest_head(config, key, tokenizer, sample),
         "dtype": dtype.name,
         "documents": int(len(lengths)),
         "tokens": int(offsets[-1]),
@@ -261,6 +248,26 @@ def write_artifact(config: TokenizeConfig, key: dict, work: Path, progress: Prog
         "tokens_per_second": round(int(offsets[-1]) / total_seconds, 1),
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def manifest_head(config: TokenizeConfig, key: dict, tokenizer, sample: dict) -> dict:
+    """The manifest's first entries: name, hash, format, config, source, versions and the tokenizer."""
+    return {
+        "name": config.name,
+        "hash": step_hash(key),
+        "format": FORMAT_VERSION,
+        "config": key["config"],
+        "source": key["corpus"],
+        "versions": key["versions"],
+        "tokenizer": {
+            "trained": config.tokenizer.path is None,
+            "vocab_size": tokenizer.get_vocab_size(),
+            "eod_token": config.tokenizer.eod_token,
+            "eod_id": eod_id(tokenizer, config.tokenizer),
+            "training_sample": sample,
+            "file_sha256": key.get("tokenizer_sha256"),
+        },
+    }
 
 
 def _deduplicated(artifact: Path | None, expected: str | None, documents: int) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
