@@ -152,3 +152,14 @@ def test_plan_checks_each_pools_budget_against_the_tokenized_pools(pool_sweep, t
     prose = next(pool["train_tokens"] for pool in manifest["pools"] if pool["name"] == "prose")
     code, _, err = _plan(tmp_path, capsys, _changed("grid.0.pools", {"prose": prose + 1, "code": "8K"}), store=store)
     assert code == 2 and err.startswith("error: grid point s-D8K-prose.U") and f"exceeds pool prose's {prose} training tokens" in err
+
+
+def test_dcsl_tokenize_summarises_each_pool_of_the_artifact(pool_sweep, tmp_path):
+    store, _ = pool_sweep
+    config = sweeps.write(tmp_path, store, POOLS)
+    shown = subprocess.run([sweeps.DCSL, "tokenize", str(config), "--store", str(store)], capture_output=True, text=True, env=sweeps.env())
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("reused ") and "/tokenize/two-pools-" in lines[0]
+    assert [line.split(":")[0] for line in lines if line.startswith("pool ")] == ["pool prose", "pool code"]
+    assert sum(line.startswith("validation 2,000 tokens") for line in lines) == 2
