@@ -144,6 +144,10 @@ def test_dcsl_runs_writes_per_pool_columns_and_the_report_shows_the_pools(pool_s
     (report,) = store.glob("report/*/report.md")
     assert "| N | D | U prose | epochs prose | U code | epochs code |" in report.read_text()
     assert all((report.parent / name).stat().st_size > 1_000 for name in ("loss_vs_epochs.png", "loss_vs_share.png", "pools.csv"))
+    status = subprocess.run([sweeps.DCSL, "status", str(store)], capture_output=True, text=True, env=sweeps.env()).stdout
+    assert [line.split(":")[0].rsplit(" ", 1)[1] for line in status.splitlines() if " pool " in line and "contamination" in line] == [
+        "prose", "code"]  # each pool's contamination, at the budgets the runs drew from it
+    assert "within the first U training tokens: 1K " in status and "8K " in status
 
 
 def test_plan_checks_each_pools_budget_against_the_tokenized_pools(pool_sweep, tmp_path, capsys):

@@ -56,11 +56,23 @@ def _contamination_lines(store: Path, steps: list) -> list[str]:
     lines = []
     for info in corpora:
         manifest = json.loads((info.path / "manifest.json").read_text())
-        if "contamination" not in manifest:
-            continue  # tokenized before contamination was measured
-        budgets = sorted({record.unique_tokens for record in records if record.data_hash == info.hash})
-        lines.append(f"tokenize/{info.name}-{info.hash}: " + contamination_line(manifest, shares_at(info.path, budgets)))
+        mine = [record for record in records if record.data_hash == info.hash]
+        parts = [(f" pool {pool['name']}", info.path / pool["path"], pool["name"]) for pool in manifest["pools"]] if "pools" in manifest \
+            else [("", info.path, None)]  # fmt: skip
+        for label, path, pool in parts:
+            part = json.loads((path / "manifest.json").read_text())
+            if "contamination" not in part:
+                continue  # tokenized before contamination was measured
+            budgets = sorted({budget for record in mine for budget in _budgets(record, pool)})
+            lines.append(f"tokenize/{info.name}-{info.hash}{label}: " + contamination_line(part, shares_at(path, budgets)))
     return lines
+
+
+def _budgets(record, pool: str | None) -> list[int]:
+    """The unique budgets a run drew from a corpus: its U, or its U_i of `pool` (a multi-pool corpus) if it drew from it."""
+    if pool is None:
+        return [record.unique_tokens]
+    return [part.unique_tokens for part in record.pools or [] if part.name == pool and part.tokens]
 
 
 @app.command("runs")
