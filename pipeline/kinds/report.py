@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.graph import Outcome
-from pipeline.kinds.fit import finished_records
+from pipeline.kinds.fit import records_of
 from pipeline.store import Step
 from stages.artifacts import atomic_directory
 from stages.contamination import shares_at
@@ -49,7 +49,7 @@ class ReportKind:
         """Copy the law and its run table beside the report, so the folder stands alone, and write it."""
         law_path, corpus, runs = Path(inputs[0].value), Path(inputs[1].value), inputs[2:]
         failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
-        records = finished_records(runs)
+        records = records_of(runs)
         shares = shares_at(corpus, sorted({record.unique_tokens for record in records}))
         with atomic_directory(out_dir) as folder:
             for name in (law_path.name, RUNS):
