@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.graph import Outcome
-from pipeline.kinds.fit import finished_records
+from pipeline.kinds.fit import records_of
 from pipeline.store import Step
 from stages.artifacts import atomic_directory
 from stages.pool_report import REPORT, write_pool_report
@@ -44,7 +44,7 @@ class PoolReportKind:
         runs = inputs[1:]
         failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
         with atomic_directory(out_dir) as folder:
-            write_pool_report(finished_records(runs), failed, folder)
+            write_pool_report(records_of(runs), failed, folder)
 
     def result(self, spec: str, out_dir: Path) -> str:
         """The path of `report.md`."""
