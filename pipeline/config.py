@@ -3,12 +3,15 @@
 Sections of a sweep file (all checked before any work starts; unknown keys are refused):
 
   name, store   the sweep's name and the store root
-  data          the corpus and tokenizer: `stages.tokenize.TokenizeConfig`, as `dcsl tokenize` reads it
+  data          the corpus and tokenizer: `stages.tokenize.TokenizeConfig`, as `dcsl tokenize` reads it;
+                `data.pools` for several named pools (`stages.pool_config`)
   models        named models: an explicit shape (layers, width, heads, ...) or `params: 1M` (the size
                 table of `stages.shapes`); each may override `train:` and `resources:` settings
   grid          one block or a list of blocks; a block is either
                   models x unique_tokens x epochs   a full grid: D = epochs * U
                   models x unique_tokens x flops    isoFLOP: D = C / (6 N), N non-embedding
+                  models x pools x mix x tokens|flops   several data pools (`data.pools`): U_i per pool,
+                                                    each pool's share of D (`pipeline.pool_grid`)
                 (`models` lists model names; default: every model)
   seeds         replicates: a count n (seeds 0..n-1) or a list of seeds; innermost in the run order
   train         the `RunConfig` fields every run shares (seq_len, batch_tokens, optimizer, backend, ...)
