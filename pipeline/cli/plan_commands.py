@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
+from pipeline.cli.study_options import MaxEpochs, RoundBudget, RoundRuns, Rounds, TargetFlops, TargetUnique, study_from_flags
 from scaling.errors import InputError
 from scaling.units import format_quantity
 
@@ -35,11 +36,22 @@ def plan_command(
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave impossible grid points out, with a warning."),
     as_csv: bool = typer.Option(False, "--csv", help="Print the run table as CSV."),
+    rounds: Rounds = None,
+    round_budget: RoundBudget = None,
+    target_flops: TargetFlops = None,
+    target_unique: TargetUnique = None,
+    round_runs: RoundRuns = 8,
+    max_epochs: MaxEpochs = 16,
 ) -> None:
-    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything."""
+    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything.
+
+    With an active study's flags (`dcsl sweep --rounds ...`), also say what its rounds will do after the grid.
+    """
     from pipeline.config import expand, load_sweep
+    from pipeline.study import checked_plan
 
     sweep = load_sweep(sweep_file)
+    study = study_from_flags(rounds, round_budget, target_flops, target_unique, round_runs, max_epochs)
     store_root = store or Path(sweep.store)
     err = Console(stderr=True)
     with err.status("looking for the tokenized corpus"):
@@ -49,6 +61,7 @@ def plan_command(
         sweep, corpus["train"]["tokens"] if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
         skip_invalid=skip_invalid, skipped=skipped,
     )  # fmt: skip
+    study_line = None if study is None else checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)
     if corpus is None:
         err.print("note: the corpus is not tokenized yet; U is not checked against its size", highlight=False)
     for message in skipped:
@@ -59,6 +72,8 @@ def plan_command(
         _write_csv(runs, estimates)
     else:
         _print_table(sweep, runs, estimates, len(skipped))
+    if study_line is not None:
+        (err if as_csv else Console(width=max(120, Console().width))).print(study_line, highlight=False, soft_wrap=True)
 
 
 def tokenized_corpus(sweep: SweepConfig, store: Path) -> dict | None:
