@@ -150,6 +150,7 @@ def _check_study(sweep, study) -> str:
 
 
 def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
+    """Say per step whether it will run; an active study's (`study_line`: what its rounds do) only up to its grid."""
     from pipeline.runner import explain
     from pipeline.store import Store
     from pipeline.sweep import sweep_graph
@@ -158,7 +159,8 @@ def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
     graph = sweep_graph(sweep, skip_invalid=skip_invalid, skipped=skipped)
     for warning in skipped:
         err.print(f"[yellow]warning:[/] skipped {warning}", highlight=False)
-    decisions = explain(graph.nodes, Store(Path(sweep.store)))
+    nodes = graph.nodes if study_line is None else [graph.tokenize, *graph.runs.values()]
+    decisions = explain(nodes, Store(Path(sweep.store)))
     keyed = [(node, decision) for node, decision in decisions if decision is not None]
     for node, decision in keyed:
         typer.echo(f"{'run ' if decision.run else 'skip'}  {node.label}: {decision.reason}")
@@ -166,4 +168,4 @@ def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
     then = f"; then the {' and the '.join(later)} over the runs that succeed" if later else ""
     typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run{then}")
     if study_line is not None:
-        typer.echo(study_line)
+        typer.echo(f"{study_line}; then the fit and the report (suggest/ in the store: the rounds done)")
