@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
-from pipeline.cli.study_options import MaxEpochs, RoundBudget, RoundRuns, Rounds, TargetFlops, TargetUnique, study_from_flags
+from pipeline.cli.study_options import with_study_flags
 from scaling.errors import InputError
 from scaling.units import format_quantity
 
@@ -31,17 +31,13 @@ CSV_COLUMNS = ("name", "model", "seed", "params", "params_non_embedding", "token
 
 
 @app.command("plan")
+@with_study_flags
 def plan_command(
     sweep_file: Path = typer.Argument(..., help="The sweep YAML file."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave impossible grid points out, with a warning."),
     as_csv: bool = typer.Option(False, "--csv", help="Print the run table as CSV."),
-    rounds: Rounds = None,
-    round_budget: RoundBudget = None,
-    target_flops: TargetFlops = None,
-    target_unique: TargetUnique = None,
-    round_runs: RoundRuns = 8,
-    max_epochs: MaxEpochs = 16,
+    study=None,
 ) -> None:
     """Expand a sweep into its runs and print them with total compute and estimated time, without running anything.
 
@@ -51,7 +47,6 @@ def plan_command(
     from pipeline.study import checked_plan
 
     sweep = load_sweep(sweep_file)
-    study = study_from_flags(rounds, round_budget, target_flops, target_unique, round_runs, max_epochs)
     store_root = store or Path(sweep.store)
     err = Console(stderr=True)
     with err.status("looking for the tokenized corpus"):

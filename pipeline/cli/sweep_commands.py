@@ -11,12 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app
-from pipeline.cli.study_options import MaxEpochs, RoundBudget, RoundRuns, Rounds, TargetFlops, TargetUnique, study_from_flags
+from pipeline.cli.study_options import with_study_flags
 
 err = Console(stderr=True)
 
 
 @app.command("sweep")
+@with_study_flags
 def sweep_command(
     config: Path = typer.Argument(..., help="The sweep file (see configs/tiny.yaml)."),
     address: str | None = typer.Option(None, "--address", help="Join a running Ray cluster (e.g. auto or HOST:6379); default: start a local one."),
@@ -25,12 +26,7 @@ def sweep_command(
     out: Path | None = typer.Option(None, "--out", help="Also copy the report (law.json, allocation.csv, plots, report.md) into this folder."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     wait_nodes: int = typer.Option(0, "--wait-nodes", min=0, help="With --address: wait for the head and this many nodes first (job scripts)."),
-    rounds: Rounds = None,
-    round_budget: RoundBudget = None,
-    target_flops: TargetFlops = None,
-    target_unique: TargetUnique = None,
-    round_runs: RoundRuns = 8,
-    max_epochs: MaxEpochs = 16,
+    study=None,
 ) -> None:
     """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished.
 
@@ -47,7 +43,6 @@ def sweep_command(
     from pipeline.config import load_sweep
 
     sweep = load_sweep(config)
-    study = study_from_flags(rounds, round_budget, target_flops, target_unique, round_runs, max_epochs)
     if store is not None:
         sweep = sweep.model_copy(update={"store": str(store)})
     study_line = None if study is None else _check_study(sweep, study)
