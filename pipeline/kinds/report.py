@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.graph import Outcome
-from pipeline.kinds.fit import finished_records
+from pipeline.kinds.fit import records_of
 from pipeline.store import Step
 from stages.artifacts import atomic_directory
 from stages.contamination import shares_at
@@ -56,7 +56,7 @@ class ReportKind:
         fit, corpus_outcome, rounds, runs = self._split(inputs)
         law_path, corpus = Path(fit.value), Path(corpus_outcome.value)
         failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
-        records = finished_records(runs)
+        records = records_of(runs)
         shares = shares_at(corpus, sorted({record.unique_tokens for record in records}))
         with atomic_directory(out_dir) as folder:
             for name in (law_path.name, RUNS):
