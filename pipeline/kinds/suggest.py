@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.graph import Outcome
-from pipeline.kinds.fit import finished_records
+from pipeline.kinds.fit import records_of
 from pipeline.store import Step
 from stages.artifacts import atomic_directory
 from stages.suggest import SUGGESTION, Candidate, suggest_round
@@ -57,7 +57,7 @@ class SuggestKind:
         """Score the candidates against the fit's bootstrap draws and write the round's `suggestion.json`."""
         fit, runs = inputs[0], inputs[1:]
         with atomic_directory(out_dir) as folder:
-            suggest_round(Path(fit.value), finished_records(runs), list(spec.candidates), (spec.flops, spec.unique_tokens),
+            suggest_round(Path(fit.value), records_of(runs), list(spec.candidates), (spec.flops, spec.unique_tokens),
                           spec.budget, spec.count, spec.round, folder)  # fmt: skip
 
     def result(self, spec: SuggestSpec, out_dir: Path) -> dict:
