@@ -62,6 +62,8 @@ def active_study(rounds: int | None, round_budget: float | None, target_flops: f
 
 def check_study(sweep: SweepConfig, study: ActiveStudy, corpus_train_tokens: int | None) -> list[RunSpec]:
     """Every check of the study that the corpus allows now; the rounds' candidate runs (for `corpus_train_tokens`)."""
+    if sweep.data.pools:
+        raise InputError("--rounds", "an active study runs on one corpus; a multi-pool sweep (data.pools) has none yet")
     if sweep.fit.bootstrap < MIN_DRAWS:
         raise InputError("fit.bootstrap", f"{sweep.fit.bootstrap} resamples; an active study (--rounds) needs at least "
                                           f"{MIN_DRAWS}, the draws whose spread the rounds shrink")  # fmt: skip

@@ -78,6 +78,14 @@ def test_bad_pool_specs_are_refused_with_one_line(tmp_path, capsys, path, value,
     assert not (tmp_path / "store").exists()  # nothing was done
 
 
+def test_an_active_study_is_refused_for_a_multi_pool_sweep(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**POOLS, "store": str(tmp_path / "store")}))
+    code = main(["plan", str(path), "--rounds", "2", "--round-budget", "1e12", "--target-flops", "1e15"])
+    assert (code, capsys.readouterr().err) == (2, "error: --rounds: an active study runs on one corpus; a multi-pool sweep "
+                                                  "(data.pools) has none yet\n")
+
+
 def test_a_pool_block_needs_a_multi_pool_corpus(tmp_path, capsys):
     document = _changed("data", {"name": "one", "corpus": {"source": "stdlib", "max_documents": 5}})
     code, _, err = _plan(tmp_path, capsys, document)
