@@ -31,8 +31,10 @@ POOLS = {
         ],
     },
     "models": [{"name": "s", "layers": 1, "width": 16, "heads": 1}],
-    "grid": [{"tokens": "8K", "pools": {"prose": "1K", "code": "8K"}, "mix": [{"code": 1}, {"prose": 0.25, "code": 0.75}]}],
+    "grid": [{"tokens": "8K", "pools": {"prose": ["1K", "2K"], "code": "8K"},
+              "mix": [{"code": 1}, {"prose": 0.25, "code": 0.75}, {"prose": 0.5, "code": 0.5}]}],
     "train": {"seq_len": 32, "batch_tokens": 256, "device": "cpu", "log_every": 10},
+    "fit": {"base": "c4"},
     "wandb": {"mode": "disabled"},
 }
 
@@ -101,7 +103,7 @@ def test_a_budget_larger_than_its_pools_training_region_is_impossible():
 
 def test_the_mix_splits_d_into_whole_sequences_that_add_up():
     runs = expand(SweepConfig.model_validate(_changed("grid.0.mix", [{"prose": 1 / 3, "code": 2 / 3}])), vocab_size=300)
-    (run,) = runs
+    run = runs[0]  # prose U = 1K
     budgets = run.config.pools.budgets
     assert run.tokens == 7_936  # 31 steps of 256 tokens: 248 sequences of 32
     assert [(b.name, b.unique_tokens, b.tokens) for b in budgets] == [("prose", 1_000, 83 * 32), ("code", 8_000, 165 * 32)]
@@ -129,7 +131,7 @@ def pool_sweep(tmp_path_factory):
 def test_a_two_pool_sweep_records_exact_per_pool_numbers(pool_sweep):
     store, done = pool_sweep
     assert done.returncode == 1, done.stderr  # every run finished; no law: the multi-pool law is not there yet
-    assert "2 of 2 runs succeeded" in done.stdout and "need law multi-pool" in done.stdout
+    assert "6 of 6 runs succeeded" in done.stdout and "need law multi-pool" in done.stdout
     records = {r.name: r for r in (RunRecord.model_validate_json(p.read_text()) for p in store.glob("train/*/run.json"))}
     mixed = records["s-D8K-prose.U1K.w0.25-code.U8K.w0.75-s0"]
     assert (mixed.tokens, mixed.unique_tokens, mixed.eval_pool) == (7_936, 9_000, "code")
@@ -145,8 +147,8 @@ def test_dcsl_runs_writes_per_pool_columns_and_the_report_shows_the_pools(pool_s
     store, _ = pool_sweep
     listed = subprocess.run([sweeps.DCSL, "runs", str(store)], capture_output=True, text=True, env=sweeps.env())
     rows = list(csv.DictReader(io.StringIO(listed.stdout)))
-    assert listed.returncode == 0 and len(rows) == 2
-    mixed = next(row for row in rows if "w0.25" in row["name"])
+    assert listed.returncode == 0 and len(rows) == 6
+    mixed = next(row for row in rows if "prose.U1K.w0.25" in row["name"])
     assert {key: mixed[key] for key in ("tokens.prose", "unique_tokens.prose", "tokens.code", "unique_tokens.code")} == {
         "tokens.prose": "1984", "unique_tokens.prose": "1000", "tokens.code": "5952", "unique_tokens.code": "8000"}
     (report,) = store.glob("report/*/report.md")
