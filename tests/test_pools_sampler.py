@@ -87,3 +87,4 @@ def test_a_pool_with_no_tokens_is_never_drawn():
 def test_token_counts_that_are_not_whole_sequences_are_refused(tokens):
     with pytest.raises(InputError):
         _sampler(pool_tokens=tokens)
+
