@@ -75,13 +75,13 @@ def _qqt_log_data(tokens, seen, repeats, u, tau):
     total = tokens.sum(axis=-1, keepdims=True)
     share = tokens / total
     epochs = repeats + 1.0
-    decay = 2.0 ** (-1.0 / tau)
     with np.errstate(divide="ignore"):
         log_seen = np.log(seen)
-    extra = 0.0
-    longest = int(min(math.ceil(float(np.max(epochs))) - 1, MAX_REPETITION_TERMS))
-    for k in range(1, longest + 1):
-        extra = extra + decay**k * np.log(np.clip(epochs, k, k + 1) / k)
+    longest = int(min(max(math.ceil(float(np.max(epochs))) - 1, 1), MAX_REPETITION_TERMS))
+    k = np.arange(1.0, longest + 1.0)
+    gained = np.log(np.clip(epochs[..., None], k, k + 1.0) / k)  # log of epoch k+1's share of the run, (..., P, k)
+    weight = 2.0 ** (-k / np.asarray(tau)[..., None])  # utility left in repetition k, (..., P, k)
+    extra = np.einsum("...k,...k->...", gained, weight)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_pool = np.where(share > 0, share * u * (log_seen + extra - np.log(share)), 0.0)
     return per_pool.sum(axis=-1)
