@@ -4,8 +4,8 @@ Log-space Huber (delta 1e-3) on log-loss, a grid of starts advanced together by 
 `scaling.optimize` with successive halving, the best finalists polished by scipy's L-BFGS-B.
 Methods: ``repetition`` fixes the base law (E, A, B, alpha, beta) from a preset or a law.json and
 fits each pool's quality (but the reference's, q_1 = 1) and decay constant, and R_N* for
-`multi-pool`; ``joint`` fits the base law too. The gradient is a batched central difference: every
-row's 2P neighbours are evaluated in the same vectorised call as the row itself.
+`multi-pool`; ``joint`` fits the base law too. The gradient is a batched central difference
+(`scaling.optimize.central_differences`): every row's neighbours go through the same vectorised call.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from scaling.errors import InputError
 from scaling.fit import DEFAULT_BOUNDS, POLISHED, halving_schedule
 from scaling.laws import BASE_PARAM_NAMES, BaseLaw
 from scaling.objective import HUBER_DELTA, huber
-from scaling.optimize import batched_lbfgs
+from scaling.optimize import batched_lbfgs, central_differences
 from scaling.pool_laws import PoolLaw, pool_law_class, split_pools
 from scaling.runs import RunTable
 
@@ -34,7 +34,6 @@ OWN_STARTS = {"rn_star": [2.0, 20.0], "rd_star": [2.0, 20.0], "tau": [1.0, 10.0]
 JOINT_OWN_START = {"rn_star": 5.0, "rd_star": 10.0, "tau": 4.0, "q": -0.5, "u": -0.5}
 BASE_STARTS = {"e": [0.0, 1.0], "a": [3.0, 8.0], "b": [3.0, 8.0], "alpha": [0.3, 0.6], "beta": [0.3, 0.6]}
 _LOG_NAME = {"E": "e", "A": "a", "B": "b"}
-STEP = 1e-6  # relative central-difference step
 
 
 class PoolData(NamedTuple):
@@ -138,16 +137,7 @@ class PoolProblem:
 
     def batched(self, data: PoolData, weights: np.ndarray | None = None):
         """fun(z, rows) -> (f, central-difference gradient) for `batched_lbfgs`; weights (K, n) per row."""
-        def fun(z, rows):
-            k, f_dim = z.shape
-            step = STEP * np.maximum(np.abs(z), 1.0)
-            shifts = np.concatenate([np.zeros((1, f_dim)), np.eye(f_dim), -np.eye(f_dim)])  # (2F+1, F)
-            points = (z[None, :, :] + shifts[:, None, :] * step[None, :, :]).reshape(-1, f_dim)
-            w = None if weights is None else np.tile(weights[rows], (len(shifts), 1))
-            values = self.objective(points, data, w).reshape(len(shifts), k)
-            grad = (values[1:f_dim + 1] - values[f_dim + 1:]).T / (2.0 * step)
-            return values[0], np.where(np.isfinite(grad), grad, 0.0)
-        return fun
+        return central_differences(lambda z, rows: self.objective(z, data, None if weights is None else weights[rows]))
 
 
 @dataclass(frozen=True)
