@@ -118,7 +118,7 @@ class PoolProblem:
         p = {n: np.full((z.shape[0], 1), v) for n, v in self.fixed.items()}
         for j, name in enumerate(self.free):
             column = z[:, j, None]
-            p[name] = np.exp(column) if name in self.logged or name in _LOG_NAME else column
+            p[name] = np.exp(column) if name in self.logged else column
         return p
 
     def law(self, z: np.ndarray) -> PoolLaw:
