@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 
 from scaling.errors import InputError
-from scaling.laws import BASE_PARAM_NAMES, BaseLaw, optimal_params_for_data, saturate
+from scaling.laws import BASE_PARAM_NAMES, BaseLaw, optimal_params_for_data, saturate, unknown_law
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_REPETITION_TERMS = 4096  # qqt: epochs beyond this add nothing (2^(-4096/tau) for any tau in its box)
@@ -185,7 +185,7 @@ class QQTLaw(PoolLaw):
         return p["E"] + p["A"] / N ** p["alpha"] + p["B"] * np.exp(-p["beta"] * log_d)
 
 
-POOL_LAWS: dict[str, type[PoolLaw]] = {MultiPoolLaw.name: MultiPoolLaw, QQTLaw.name: QQTLaw}
+POOL_LAWS: dict[str, type[PoolLaw]] = {cls.name: cls for cls in (MultiPoolLaw, QQTLaw)}
 
 
 def pool_law_class(kind: str) -> type[PoolLaw]:
@@ -193,7 +193,7 @@ def pool_law_class(kind: str) -> type[PoolLaw]:
     try:
         return POOL_LAWS[kind]
     except KeyError:
-        raise InputError("law", f"{kind!r} is not a pool law; choose one of {', '.join(POOL_LAWS)}") from None
+        raise unknown_law(kind) from None
 
 
 def predict_pools(cls: type[PoolLaw], p: dict, pools, N, tokens, unique) -> np.ndarray:
