@@ -39,16 +39,22 @@ def fit_law_document(table: RunTable, spec: FitSpec, *, resamples: int = 0, seed
     `on_stage(text)` hears of each step as it starts (fitting, bootstrap, diagnostics).
     """
     report = on_stage or (lambda text: None)
-    report("fitting")
-    result = fit(table, spec)
-    samples = None
-    if resamples:
-        report(f"bootstrap: {resamples} resamples")
-        samples = bootstrap(table, result, resamples, seed)
+    result, samples = _fit_and_resample(fit, bootstrap, table, spec, resamples, seed, report)
     report("diagnostics: extrapolation check")
     diagnostics = describe_fit(result.law, table, spec, extrapolate_above)
     return result, law_document(result, table, base_source=base_source, samples=samples, seed=seed,
                                 diagnostics=diagnostics)
+
+
+def _fit_and_resample(fit_fn, bootstrap_fn, table: RunTable, spec, resamples: int, seed: int,
+                      report: Callable[[str], None]):
+    """`fit_fn(table, spec)` and, when `resamples`, its bootstrap samples (None otherwise), announcing each step."""
+    report("fitting")
+    result = fit_fn(table, spec)
+    if not resamples:
+        return result, None
+    report(f"bootstrap: {resamples} resamples")
+    return result, bootstrap_fn(table, result, resamples, seed)
 
 
 def law_document(result: FitResult, table: RunTable, *, base_source: str | None = None,
@@ -96,13 +102,8 @@ def fit_pool_law_document(table: RunTable, spec: PoolFitSpec, *, resamples: int 
                           base_source: str | None = None,
                           on_stage: Callable[[str], None] | None = None) -> tuple[PoolFitResult, dict]:
     """Fit a pool law (`multi-pool`, `qqt`) to `table`, bootstrap and diagnose it: the result and its law.json content."""
-    report = on_stage or (lambda text: None)
-    report("fitting")
-    result = fit_pools(table, spec)
-    samples = None
-    if resamples:
-        report(f"bootstrap: {resamples} resamples")
-        samples = bootstrap_pools(table, result, resamples, seed)
+    result, samples = _fit_and_resample(fit_pools, bootstrap_pools, table, spec, resamples, seed,
+                                        on_stage or (lambda text: None))
     problem = result.problem
     intervals = None
     if samples is not None:
