@@ -12,7 +12,8 @@ A run draws D_i tokens from pool i, which holds U_i unique tokens; the first poo
 With one pool it is the data-constrained law of `scaling.laws` exactly.
 
 ``qqt``: Goyal et al. 2024, "Scaling Laws for Data Filtering: Data Curation cannot be Compute
-Agnostic", section 3. A pool's error falls as a power law in the samples seen, y = a n^b (b < 0, the
+Agnostic" (arXiv 2404.07177), section 3 ("scaling laws for heterogeneous and limited web data"; the
+equation numbers are not quoted here: the reference search held only a summary of the paper). A pool's error falls as a power law in the samples seen, y = a n^b (b < 0, the
 pool's *utility*); a sample seen for the k-th time has utility b_k = b 2^(-(k-1)/tau) (utility halves
 every tau repetitions, tau the pool's half-life), the curve continuing from where the previous epoch
 left it; a mixture of pools has as its utility the average of its pools' current utilities. Written
