@@ -132,7 +132,7 @@ class PoolProblem:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             predicted = self.cls.loss(p, self.pools, data.params, data.tokens[None], data.seen[None], data.repeats[None])
             value, _ = huber(np.log(predicted) - data.log_loss, self.spec.delta)
-        f = (value * (1.0 if weights is None else weights)).sum(axis=-1)
+            f = (value * (1.0 if weights is None else weights)).sum(axis=-1)
         return np.where(np.isfinite(f), f, np.inf)
 
     def batched(self, data: PoolData, weights: np.ndarray | None = None):
