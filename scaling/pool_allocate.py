@@ -44,7 +44,7 @@ def stick_shares(s: np.ndarray) -> np.ndarray:
     return np.concatenate([left[..., -1:], s * before], axis=-1)
 
 
-def _split(law: PoolLaw, z: np.ndarray, log_c6: np.ndarray):
+def _split(z: np.ndarray, log_c6: np.ndarray):
     """N (k,) and per-pool tokens (k, P) of free rows z (k, P) at log(C/6) (k,)."""
     x = np.clip(z[:, 0], -SPAN, SPAN)
     log_n = 0.5 * log_c6 + x
@@ -62,7 +62,7 @@ def allocate_pools(law: PoolLaw, flops, unique_tokens) -> PoolAllocation:
     log_c6 = np.repeat(np.log(flops / 6.0), n_starts)
 
     def values(z, rows):
-        n, tokens = _split(law, z, log_c6[rows])
+        n, tokens = _split(z, log_c6[rows])
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss = predict_pools(cls, p, law.pools, n, tokens, unique)
         return np.where(np.isfinite(loss), loss, np.inf)
@@ -72,7 +72,7 @@ def allocate_pools(law: PoolLaw, flops, unique_tokens) -> PoolAllocation:
     result = batched_lbfgs(central_differences(values), np.tile(starts, (len(flops), 1)), lower, upper,
                            max_iter=500, ftol=1e-15, gtol=1e-12)
     best = result.f.reshape(len(flops), n_starts).argmin(axis=1) + np.arange(len(flops)) * n_starts
-    n, tokens = _split(law, result.x[best], log_c6[best])
+    n, tokens = _split(result.x[best], log_c6[best])
     return PoolAllocation(n, tokens, tokens / unique, tokens.sum(axis=1), result.f[best])
 
 

@@ -44,7 +44,7 @@ from scaling.errors import InputError
 from scaling.laws import BASE_PARAM_NAMES, BaseLaw, optimal_params_for_data, saturate, unknown_law
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-MAX_REPETITION_TERMS = 4096  # qqt: epochs beyond this add nothing (2^(-4096/tau) for any tau in its box)
+MAX_REPETITION_TERMS = 4096  # qqt counts repetitions up to this many epochs (a cap on the work per evaluation)
 
 
 def check_pool_names(pools, field: str = "pools") -> tuple[str, ...]:
@@ -133,10 +133,6 @@ class PoolLaw:
     def params(self) -> dict[str, float]:
         """All parameters by name (linear space)."""
         return {name: float(self.values[name]) for name in self.param_names()}
-
-    def per_pool(self, prefix: str) -> np.ndarray:
-        """(P,) values of the per-pool parameter `prefix` in pool order."""
-        return np.array([self.values[f"{prefix}.{p}"] for p in self.pools], dtype=float)
 
     @property
     def base(self) -> BaseLaw:

@@ -99,8 +99,8 @@ def test_qqt_synthetic_recovery_with_the_base_fixed():
 def test_bootstrap_of_a_pool_fit_is_seeded_and_brackets_the_estimate():
     table = pool_runs(MULTI_POOL_TRUTH, n=150, seed=2)
     result = fit_pools(table, PoolFitSpec("multi-pool", BaseLaw(**BASE)))
-    first = bootstrap_pools(table, result, 40, seed=7)
-    np.testing.assert_array_equal(first, bootstrap_pools(table, result, 40, seed=7))
+    first = bootstrap_pools(table, result, 20, seed=7)
+    np.testing.assert_array_equal(first, bootstrap_pools(table, result, 20, seed=7))
     lo, hi = np.percentile(first, [2.5, 97.5], axis=0)
     assert ((lo <= result.z + 1e-9) & (result.z - 1e-9 <= hi)).all() and (hi > lo).all()
 
