@@ -12,13 +12,16 @@ A run draws D_i tokens from pool i, which holds U_i unique tokens; the first poo
 With one pool it is the data-constrained law of `scaling.laws` exactly.
 
 ``qqt``: Goyal et al. 2024, "Scaling Laws for Data Filtering: Data Curation cannot be Compute
-Agnostic" (arXiv 2404.07177), section 3 ("scaling laws for heterogeneous and limited web data"; the
-equation numbers are not quoted here: the reference search held only a summary of the paper). A pool's error falls as a power law in the samples seen, y = a n^b (b < 0, the
-pool's *utility*); a sample seen for the k-th time has utility b_k = b 2^(-(k-1)/tau) (utility halves
-every tau repetitions, tau the pool's half-life), the curve continuing from where the previous epoch
-left it; a mixture of pools has as its utility the average of its pools' current utilities. Written
-as the data term of L = E + A / N^alpha + B / D_q^beta, with pool i's utility -beta u_i (u_1 = 1) and
-w_i = D_i / D its share of the draws, this is (integrating d log y = b_eff(n) d log n over the run):
+Agnostic" (arXiv 2404.07177), section 3; the exact form checked against the authors' public code
+(locuslab/scaling_laws_data_filtering, `objective.py`: `func_effective_utility` and
+`func_effective_utility_aggregation`). A pool's error falls as a power law in the samples seen,
+y = a n^b (b < 0, the pool's *utility*); in epoch e = 0, 1, 2, ... the utility is b 0.5^(e / tau) (it
+halves every tau repetitions, tau the pool's half-life) and the curve continues from where the
+previous epoch left it, y_e = y_(e-1) (n / n_(e-1))^(b_e); a mixture's utility is the mean of its
+pools' current utilities. Here the decay acts on the data term of L = E + A / N^alpha + B / D_q^beta
+(the authors' code also scales their floor d), pool i's utility is -beta u_i (u_1 = 1), and a mixture
+weights its pools by w_i = D_i / D, their share of the draws (the paper mixes equal shares), so that
+integrating d log y = b_eff(n) d log n over the run gives
 
     log D_q = sum_i w_i u_i (l_i - log w_i)
     l_i = log U_Di + sum_{k>=1} 2^(-k / tau_i) log(clip(D_i / U_Di, k, k + 1) / k)
