@@ -7,7 +7,7 @@
 2. Allocation across 3 pools for 64 compute budgets: one vectorised call vs a loop of one call per
    budget (the same method). Reports queries per second and the largest loss difference.
 
-Every timing is the best of REPEATS calls after WARMUP untimed ones.
+Every timing is the best of 3 calls after one untimed one (`bench/timing.py`).
 
 Run: .venv/bin/python bench/bench_pools.py
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +24,14 @@ from scipy.optimize import minimize
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from pool_runs import BASE, MULTI_POOL_TRUTH, pool_runs  # noqa: E402
+from timing import timed  # noqa: E402
 
 from scaling.laws import BaseLaw  # noqa: E402
 from scaling.pool_allocate import allocate_pools  # noqa: E402
 from scaling.pool_fit import PoolData, PoolFitSpec, PoolProblem, fit_pools  # noqa: E402
-
-WARMUP = 1
-REPEATS = 3
-
-
-def timed(func):
-    """Best wall time of REPEATS calls after WARMUP untimed ones, and the last result."""
-    for _ in range(WARMUP):
-        func()
-    best, result = math.inf, None
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        result = func()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def scipy_loop(problem: PoolProblem, data: PoolData) -> float:

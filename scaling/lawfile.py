@@ -169,6 +169,19 @@ def read_law(path: str | Path) -> tuple[Law | PoolLaw, dict]:
     return law_from_params(kind, params), document
 
 
+def pool_bootstrap_samples(document: dict) -> dict[str, np.ndarray] | None:
+    """The bootstrap samples of a pool law's document as linear parameter arrays (K,) by name, if any."""
+    block = document.get("bootstrap")
+    if not block:
+        return None
+    samples = np.asarray(block["samples"], dtype=float)
+    out = {}
+    for j, column in enumerate(block["columns"]):
+        logged = column.startswith("log_")
+        out[column[4:] if logged else column] = np.exp(samples[:, j]) if logged else samples[:, j]
+    return out
+
+
 def bootstrap_samples(document: dict) -> np.ndarray | None:
     """The (K, 7) log-space bootstrap samples of a law document (R* = inf columns for a base law), if any."""
     block = document.get("bootstrap")

@@ -52,28 +52,38 @@ def _split(z: np.ndarray, log_c6: np.ndarray):
     return np.exp(log_n), tokens
 
 
-def allocate_pools(law: PoolLaw, flops, unique_tokens) -> PoolAllocation:
-    """The loss-minimising N and D_i for each compute budget in `flops` (C,) with pools of `unique_tokens` (P,)."""
+def allocate_pools(law: PoolLaw, flops, unique_tokens, samples: dict[str, np.ndarray] | None = None) -> PoolAllocation:
+    """The loss-minimising N and D_i for each compute budget in `flops` (C,) with pools of `unique_tokens` (P,).
+
+    With `samples` (parameter name -> (K,) values, e.g. bootstrap samples; other parameters from
+    `law`) every sample is allocated too, all in the same batched call: arrays (K, C) and (K, C, P).
+    """
     flops = np.atleast_1d(np.asarray(flops, dtype=float))
     unique = np.asarray(unique_tokens, dtype=float)
-    cls, p = type(law), law.params()
+    cls, fixed = type(law), law.params()
+    n_samples = 1 if samples is None else len(next(iter(samples.values())))
     starts = np.array(list(itertools.product(X_STARTS, *[SHARE_STARTS] * (len(law.pools) - 1))))
-    n_starts = len(starts)
-    log_c6 = np.repeat(np.log(flops / 6.0), n_starts)
+    n_starts, n_queries = len(starts), n_samples * len(flops)
+    log_c6 = np.repeat(np.tile(np.log(flops / 6.0), n_samples), n_starts)  # per row: sample-major, then budget
+    sample_of_row = np.repeat(np.arange(n_samples), len(flops) * n_starts)
 
     def values(z, rows):
         n, tokens = _split(z, log_c6[rows])
+        p = fixed if samples is None else {**fixed, **{k: v[sample_of_row[rows]] for k, v in samples.items()}}
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             loss = predict_pools(cls, p, law.pools, n, tokens, unique)
         return np.where(np.isfinite(loss), loss, np.inf)
 
     lower = np.array([-SPAN, *[0.0] * (len(law.pools) - 1)])
     upper = np.array([SPAN, *[1.0] * (len(law.pools) - 1)])
-    result = batched_lbfgs(central_differences(values), np.tile(starts, (len(flops), 1)), lower, upper,
+    result = batched_lbfgs(central_differences(values), np.tile(starts, (n_queries, 1)), lower, upper,
                            max_iter=500, ftol=1e-15, gtol=1e-12)
-    best = result.f.reshape(len(flops), n_starts).argmin(axis=1) + np.arange(len(flops)) * n_starts
+    best = result.f.reshape(n_queries, n_starts).argmin(axis=1) + np.arange(n_queries) * n_starts
     n, tokens = _split(result.x[best], log_c6[best])
-    return PoolAllocation(n, tokens, tokens / unique, tokens.sum(axis=1), result.f[best])
+    found = PoolAllocation(n, tokens, tokens / unique, tokens.sum(axis=1), result.f[best])
+    if samples is None:
+        return found
+    return PoolAllocation(*(a.reshape((n_samples, len(flops)) + a.shape[1:]) for a in found))
 
 
 def pays_from(law: PoolLaw, unique_tokens) -> dict[str, float]:

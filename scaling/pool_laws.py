@@ -91,6 +91,11 @@ def _qqt_log_data(tokens, seen, repeats, u, tau):
     return per_pool.sum(axis=-1)
 
 
+def _per_pool(p: dict, prefix: str, pools) -> np.ndarray:
+    """The per-pool parameter `prefix` as an array (..., P), its pools' values broadcast to one shape."""
+    return np.stack(np.broadcast_arrays(*(np.asarray(p[f"{prefix}.{pool}"], dtype=float) for pool in pools)), axis=-1)
+
+
 @dataclass(frozen=True)
 class PoolLaw:
     """A law over named pools: `values` holds every parameter by name (linear space); see the module docstring."""
@@ -159,8 +164,8 @@ class MultiPoolLaw(PoolLaw):
     @staticmethod
     def loss(p, pools, N, tokens, seen, repeats):
         """L for parameter arrays `p` broadcasting against runs; pool arrays (..., P)."""
-        q = np.stack([p[f"q.{pool}"] for pool in pools], axis=-1)
-        rd = np.stack([p[f"rd_star.{pool}"] for pool in pools], axis=-1)
+        q = _per_pool(p, "q", pools)
+        rd = _per_pool(p, "rd_star", pools)
         d_eff = (q * seen * (1.0 + saturate(repeats, rd))).sum(axis=-1)
         u_eff = (q * seen).sum(axis=-1)
         usable = np.minimum(N, optimal_params_for_data(u_eff, p["A"], p["B"], p["alpha"], p["beta"]))
@@ -179,8 +184,8 @@ class QQTLaw(PoolLaw):
     @staticmethod
     def loss(p, pools, N, tokens, seen, repeats):
         """L for parameter arrays `p` broadcasting against runs; pool arrays (..., P)."""
-        u = np.stack([p[f"u.{pool}"] for pool in pools], axis=-1)
-        tau = np.stack([p[f"tau.{pool}"] for pool in pools], axis=-1)
+        u = _per_pool(p, "u", pools)
+        tau = _per_pool(p, "tau", pools)
         log_d = _qqt_log_data(tokens, seen, repeats, u, tau)
         return p["E"] + p["A"] / N ** p["alpha"] + p["B"] * np.exp(-p["beta"] * log_d)
 

@@ -72,8 +72,12 @@ def test_allocate_across_pools_json_and_table(capsys, fitted):
     assert first["flops"] == pytest.approx(6 * first["params"] * first["tokens"], rel=1e-12)
     assert last["pools"]["web"]["tokens"] > 0 and last["pools"]["hq"]["epochs"] > 1
     assert 1e16 < answer["pays_from_flops"]["web"] < 1e21
+    spread = last["intervals"]  # the law holds 10 bootstrap samples
+    assert spread["params"][0] <= spread["params"][1] and set(spread["pools"]) == {"hq", "web"}
+    assert spread["pools"]["web"]["tokens"][0] <= spread["pools"]["web"]["tokens"][1]
     code, stdout, _ = run(capsys, *argv)
     assert code == 0 and "D web" in stdout and "pool web starts to pay" in stdout
+    assert "95% bootstrap intervals of the optimum" in stdout
 
 
 def test_qqt_fits_on_the_same_kind_of_table(capsys, tmp_path):

@@ -128,6 +128,17 @@ def test_allocation_is_never_worse_than_a_dense_brute_force_search():
         assert best.loss[i] == pytest.approx(TWO_POOLS.predict(best.params[i], best.pool_tokens[i], TWO_UNIQUE), rel=1e-14)
 
 
+def test_allocation_over_parameter_samples_in_one_call():
+    flops = [1e19, 1e21]
+    q_web = np.array([0.5, 0.5, 0.3])
+    spread = allocate_pools(TWO_POOLS, flops, TWO_UNIQUE, {"q.web": q_web})
+    assert spread.params.shape == (3, 2) and spread.pool_tokens.shape == (3, 2, 2)
+    alone = allocate_pools(TWO_POOLS, flops, TWO_UNIQUE)
+    np.testing.assert_allclose(spread.loss[0], alone.loss, rtol=1e-12)
+    worse = pool_law_from_params("multi-pool", TWO_POOLS.pools, {**TWO_POOLS.params(), "q.web": 0.3})
+    np.testing.assert_allclose(spread.loss[2], allocate_pools(worse, flops, TWO_UNIQUE).loss, rtol=1e-9)
+
+
 def test_the_lower_quality_pool_pays_from_a_compute_threshold():
     threshold = pays_from(TWO_POOLS, TWO_UNIQUE)["web"]
     assert 1e17 < threshold < 1e20

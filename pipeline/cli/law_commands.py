@@ -23,7 +23,9 @@ from scaling.errors import InputError
 from scaling.extrapolation import PRESET_RANGES, outside_range
 from scaling.fit import FitSpec
 from scaling.laws import PRESETS, BaseLaw, Law, preset
-from scaling.lawfile import bootstrap_samples, dumps, fit_law_document, fit_pool_law_document, read_law
+from scaling.lawfile import (
+    bootstrap_samples, dumps, fit_law_document, fit_pool_law_document, pool_bootstrap_samples, read_law,
+)
 from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from
 from scaling.pool_fit import PoolFitSpec
 from scaling.pool_laws import POOL_LAWS, PoolLaw
@@ -348,6 +350,9 @@ def _allocate_pools(chosen: ChosenLaw, budgets: np.ndarray, unique: np.ndarray, 
                                    "epochs": float(best.epochs[i, j])} for j, pool in enumerate(law.pools)}}
         _warn_outside(chosen, record)
         records.append(record)
+    samples = pool_bootstrap_samples(chosen.document) if chosen.document else None
+    if samples is not None:
+        _add_pool_intervals(records, allocate_pools(law, budgets, unique, samples), law.pools)
     if as_json:
         answer = {"law": law.name, "reference_pool": law.pools[0], "allocations": records,
                   "pays_from_flops": {pool: (c if np.isfinite(c) else None) for pool, c in pays.items()}}
@@ -365,11 +370,34 @@ def _allocate_pools(chosen: ChosenLaw, budgets: np.ndarray, unique: np.ndarray, 
         cells = [_fmt(key, r["pools"][pool][key]) for pool in law.pools for key in ("tokens", "epochs")]
         table.add_row(f"{r['flops']:.3g}", _fmt("params", r["params"]), *cells, _fmt("loss", r["loss"]))
     out.print(table)
+    if samples is not None:
+        spread = Table(title="95% bootstrap intervals of the optimum")
+        for column in ("C (FLOPs)", "N", *(f"D {pool}" for pool in law.pools), "loss"):
+            spread.add_column(column, justify="right")
+        for r in records:
+            ranges = [r["intervals"]["params"], *(r["intervals"]["pools"][pool]["tokens"] for pool in law.pools)]
+            spread.add_row(f"{r['flops']:.3g}", *("–".join(_fmt("params", v, compact=True) for v in pair) for pair in ranges),
+                           "–".join(_fmt("loss", v, compact=True) for v in r["intervals"]["loss"]))
+        out.print(spread)
     for pool, c in pays.items():
         if np.isfinite(c):
             out.print(f"pool {pool} starts to pay (gets >= {PAYS_SHARE:.1%} of the optimal tokens) from C = {c:.4g} FLOPs")
         else:
             out.print(f"pool {pool} does not pay at any compute in the range searched")
+
+
+def _add_pool_intervals(records: list[dict], spread, pools: tuple[str, ...]) -> None:
+    """Percentile intervals over bootstrap samples (arrays (K, C[, P])) of N, the loss and each pool's D_i and epochs_i."""
+    def bounds(values):
+        lo, hi = percentile_interval(values)
+        return [[float(a), float(b)] for a, b in zip(lo, hi)]
+    params, loss = bounds(spread.params), bounds(spread.loss)
+    tokens = [bounds(spread.pool_tokens[..., j]) for j in range(len(pools))]
+    epochs = [bounds(spread.epochs[..., j]) for j in range(len(pools))]
+    for i, record in enumerate(records):
+        record["intervals"] = {"params": params[i], "loss": loss[i],
+                               "pools": {pool: {"tokens": tokens[j][i], "epochs": epochs[j][i]}
+                                         for j, pool in enumerate(pools)}}
 
 
 def _fmt(key: str, value: float, compact: bool = False) -> str:
