@@ -41,7 +41,7 @@ def stick_shares(s: np.ndarray) -> np.ndarray:
     s = np.clip(s, 0.0, 1.0)
     left = np.cumprod(1.0 - s, axis=-1)
     before = np.concatenate([np.ones(s.shape[:-1] + (1,)), left[..., :-1]], axis=-1)
-    return np.concatenate([left[..., -1:], s * before], axis=-1)
+    return np.concatenate([np.prod(1.0 - s, axis=-1, keepdims=True), s * before], axis=-1)
 
 
 def _split(z: np.ndarray, log_c6: np.ndarray):
@@ -94,6 +94,8 @@ def pays_from(law: PoolLaw, unique_tokens) -> dict[str, float]:
     the range's lower end.
     """
     unique = np.asarray(unique_tokens, dtype=float)
+    if len(law.pools) == 1:
+        return {}
     base = law.base
     g = (base.alpha * base.A / (base.beta * base.B)) ** (1.0 / (base.alpha + base.beta))
     exponent = (base.alpha + base.beta) / base.alpha

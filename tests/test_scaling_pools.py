@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pool_runs import BASE, MULTI_POOL_TRUTH, QQT_TRUTH, pool_runs
+from scaling.allocate import allocate
 from scaling.errors import InputError
 from scaling.laws import POOL_LAW_NAMES, BaseLaw, preset
 from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from, stick_shares
@@ -126,6 +127,17 @@ def test_allocation_is_never_worse_than_a_dense_brute_force_search():
         assert best.params[i] == pytest.approx(n[k], rel=0.03)
         assert best.pool_tokens[i, 1] / best.tokens[i] == pytest.approx(s[k], abs=0.005)
         assert best.loss[i] == pytest.approx(TWO_POOLS.predict(best.params[i], best.pool_tokens[i], TWO_UNIQUE), rel=1e-14)
+
+
+def test_one_pool_allocation_is_the_one_pool_allocate():
+    law = pool_law_from_params("multi-pool", ["c4"], {**{k: C4_PARAMS[k] for k in ("E", "A", "B", "alpha", "beta",
+                               "rn_star")}, "rd_star.c4": C4_PARAMS["rd_star"]})
+    flops = np.array([1e19, 1e21, 1e23])
+    ours = allocate_pools(law, flops, [25e9])
+    reference = allocate(C4, flops, 25e9)
+    np.testing.assert_allclose(ours.loss, reference.loss, rtol=1e-10)
+    np.testing.assert_allclose(ours.params, reference.params, rtol=1e-3)
+    assert pays_from(law, [25e9]) == {}
 
 
 def test_allocation_over_parameter_samples_in_one_call():
