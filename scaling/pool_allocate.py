@@ -86,6 +86,34 @@ def allocate_pools(law: PoolLaw, flops, unique_tokens, samples: dict[str, np.nda
     return PoolAllocation(*(a.reshape((n_samples, len(flops)) + a.shape[1:]) for a in found))
 
 
+def pool_allocation_records(law: PoolLaw, flops: np.ndarray, unique: np.ndarray,
+                            samples: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """The optimal allocation per compute budget as records (flops, params, tokens, loss, and per pool its
+    unique_tokens, tokens, epochs), with 95% bootstrap intervals under `intervals` when `samples` are given."""
+    from scaling.bootstrap import percentile_interval
+
+    best = allocate_pools(law, flops, unique)
+    records = [{"flops": float(c), "params": float(best.params[i]), "tokens": float(best.tokens[i]),
+                "loss": float(best.loss[i]),
+                "pools": {pool: {"unique_tokens": float(unique[j]), "tokens": float(best.pool_tokens[i, j]),
+                                 "epochs": float(best.epochs[i, j])} for j, pool in enumerate(law.pools)}}
+               for i, c in enumerate(flops)]
+    if samples is None:
+        return records
+    spread = allocate_pools(law, flops, unique, samples)
+
+    def bounds(values):
+        return percentile_interval(values).T.tolist()  # one [low, high] per budget
+    params, loss = bounds(spread.params), bounds(spread.loss)
+    tokens = [bounds(spread.pool_tokens[..., j]) for j in range(len(law.pools))]
+    epochs = [bounds(spread.epochs[..., j]) for j in range(len(law.pools))]
+    for i, record in enumerate(records):
+        record["intervals"] = {"params": params[i], "loss": loss[i],
+                               "pools": {pool: {"tokens": tokens[j][i], "epochs": epochs[j][i]}
+                                         for j, pool in enumerate(law.pools)}}
+    return records
+
+
 def pays_from(law: PoolLaw, unique_tokens) -> dict[str, float]:
     """For each non-reference pool, the least compute C at which it carries >= PAYS_SHARE of the optimal D.
 

@@ -25,7 +25,7 @@ from scaling.laws import PRESETS, BaseLaw, Law, preset
 from scaling.lawfile import (
     bootstrap_samples, dumps, fit_law_document, fit_pool_law_document, pool_bootstrap_samples, read_law,
 )
-from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from
+from scaling.pool_allocate import PAYS_SHARE, pays_from, pool_allocation_records
 from scaling.pool_fit import PoolFitSpec
 from scaling.pool_laws import POOL_LAWS, PoolLaw
 from scaling.units import format_quantity, parse_quantity
@@ -325,19 +325,11 @@ def _pool_budgets(law: PoolLaw, items: list[str]) -> np.ndarray:
 def _allocate_pools(chosen: ChosenLaw, budgets: np.ndarray, unique: np.ndarray, as_json: bool) -> None:
     """Print the optimal N, D_i and epochs_i per compute budget, and from which compute each pool pays."""
     law = chosen.law
-    best = allocate_pools(law, budgets, unique)
-    pays = pays_from(law, unique)
-    records = []
-    for i, c in enumerate(budgets):
-        record = {"flops": float(c), "params": float(best.params[i]), "tokens": float(best.tokens[i]),
-                  "loss": float(best.loss[i]),
-                  "pools": {pool: {"unique_tokens": float(unique[j]), "tokens": float(best.pool_tokens[i, j]),
-                                   "epochs": float(best.epochs[i, j])} for j, pool in enumerate(law.pools)}}
-        _warn_outside(chosen, record)
-        records.append(record)
     samples = pool_bootstrap_samples(chosen.document) if chosen.document else None
-    if samples is not None:
-        _add_pool_intervals(records, allocate_pools(law, budgets, unique, samples), law.pools)
+    records = pool_allocation_records(law, budgets, unique, samples)
+    for record in records:
+        _warn_outside(chosen, record)
+    pays = pays_from(law, unique)
     if as_json:
         answer = {"law": law.name, "reference_pool": law.pools[0], "allocations": records,
                   "pays_from_flops": {pool: (c if np.isfinite(c) else None) for pool, c in pays.items()}}
@@ -369,20 +361,6 @@ def _allocate_pools(chosen: ChosenLaw, budgets: np.ndarray, unique: np.ndarray, 
             out.print(f"pool {pool} starts to pay (gets >= {PAYS_SHARE:.1%} of the optimal tokens) from C = {c:.4g} FLOPs")
         else:
             out.print(f"pool {pool} does not pay at any compute in the range searched")
-
-
-def _add_pool_intervals(records: list[dict], spread, pools: tuple[str, ...]) -> None:
-    """Percentile intervals over bootstrap samples (arrays (K, C[, P])) of N, the loss and each pool's D_i and epochs_i."""
-    def bounds(values):
-        lo, hi = percentile_interval(values)
-        return [[float(a), float(b)] for a, b in zip(lo, hi)]
-    params, loss = bounds(spread.params), bounds(spread.loss)
-    tokens = [bounds(spread.pool_tokens[..., j]) for j in range(len(pools))]
-    epochs = [bounds(spread.epochs[..., j]) for j in range(len(pools))]
-    for i, record in enumerate(records):
-        record["intervals"] = {"params": params[i], "loss": loss[i],
-                               "pools": {pool: {"tokens": tokens[j][i], "epochs": epochs[j][i]}
-                                         for j, pool in enumerate(pools)}}
 
 
 def _fmt(key: str, value: float, compact: bool = False) -> str:
