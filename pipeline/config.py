@@ -43,10 +43,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
 from pipeline.config_files import read_yaml, validation_error
+from pipeline.pool_fit_settings import check_pool_law, fit_settings_for, pool_fit_spec
 from pipeline.pool_grid import check_pool_block, check_pool_grid, pool_budgets, pool_point_name, pool_targets
 from scaling.errors import InputError
 from scaling.fit import METHODS, FitSpec, fixed_to_theta
 from scaling.laws import PRESETS, preset
+from scaling.pool_fit import PoolFitSpec
+from scaling.pool_laws import POOL_LAWS
 from scaling.units import format_quantity, parse_quantity
 from stages.fields import Count, StoreName
 from stages.shapes import ModelConfig, ModelShape
@@ -151,7 +154,8 @@ class FitSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    law: Literal["data-constrained", "base"] = "data-constrained"
+    law: Literal["data-constrained", "base", "multi-pool", "qqt"] = Field(
+        "data-constrained", description="the law to fit; a multi-pool sweep: multi-pool (its default) or qqt")
     base: str = Field("fitted", description="'fitted', or a preset whose base law is held fixed")
     method: Literal[METHODS] | None = Field(None, description="default: base, repetition (preset base) or two-stage")
     params: Literal["non_embedding", "total"] = Field("non_embedding", description="which parameter count is N")
@@ -166,6 +170,8 @@ class FitSettings(BaseModel):
         if self.base != "fitted" and self.base not in PRESETS:
             raise InputError("base", f"{self.base!r} is not allowed; use fitted or a preset: {', '.join(PRESETS)}")
         spec = self.spec()
+        if isinstance(spec, PoolFitSpec):
+            return self
         for setting, check in (("bounds", spec.box), ("fix", lambda: fixed_to_theta(spec.fixed, *spec.box()))):
             try:
                 check()
@@ -173,9 +179,11 @@ class FitSettings(BaseModel):
                 raise InputError(setting, err.problem) from None
         return self
 
-    def spec(self) -> FitSpec:
-        """The `scaling.fit.FitSpec` these settings describe."""
+    def spec(self) -> FitSpec | PoolFitSpec:
+        """The `scaling.fit.FitSpec` these settings describe (a `scaling.pool_fit.PoolFitSpec` for a pool law)."""
         base = None if self.base == "fitted" else preset(self.base).base
+        if self.law in POOL_LAWS:
+            return pool_fit_spec(self, base)
         return FitSpec.resolve(law=self.law, base=base, method=self.method, fixed=self.fix, bounds=self.bounds,
                                tie_exponents=self.tie_exponents)
 
@@ -215,7 +223,12 @@ class SweepConfig(BaseModel):
                 raise InputError(f"{where}.batch_tokens", f"{train.batch_tokens} is not a multiple of seq_len {train.seq_len}")
             self.resources_for(entry.name)
         check_pool_grid(self.grid, self.data.pools)
+        check_pool_law(self.fit, self.data.pools is not None)
         return self
+
+    def fit_settings(self) -> FitSettings:
+        """The fit's settings: as given, but a multi-pool sweep that names no law is fitted with `multi-pool`."""
+        return fit_settings_for(self.fit, self.data.pools is not None)
 
     def _entry(self, model: str) -> tuple[int, ModelEntry]:
         for index, entry in enumerate(self.models):

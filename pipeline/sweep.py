@@ -75,7 +75,7 @@ def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | dict[str, int] | 
     corpus = corpus or tokenize_node(sweep)
     specs = expand(sweep, corpus_train_tokens, skip_invalid=skip_invalid, skipped=skipped)
     runs = {spec.name: Node(TrainKind(), spec.name, spec, needs=(corpus,)) for spec in specs}
-    fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit), uses=tuple(runs.values()), static=False)
+    fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit_settings()), uses=tuple(runs.values()), static=False)
     if sweep.data.pools:  # several pools: a report of the runs themselves, with or without a fitted law
         report = Node(PoolReportKind(), sweep.name, sweep.name, uses=(fit, *runs.values()), static=False)
     else:

@@ -13,7 +13,8 @@ from pathlib import Path
 from scaling.atomic import write_text_atomic
 from scaling.errors import InputError
 from scaling.fit import FitSpec
-from scaling.lawfile import dumps, fit_law_document
+from scaling.lawfile import dumps, fit_law_document, fit_pool_law_document
+from scaling.pool_fit import PoolFitSpec
 from scaling.runs import RunTable
 from stages.record import POOL_FIELDS, RunRecord
 
@@ -22,7 +23,8 @@ RUNS = "runs.csv"
 
 
 def run_table(records: list[RunRecord], params_kind: str = "non_embedding") -> RunTable:
-    """The fit's table of runs (params, tokens, unique_tokens, val_loss), one row per run record.
+    """The fit's table of runs (params, tokens, unique_tokens, val_loss), one row per run record; runs over
+    several pools have `tokens.<pool>` and `unique_tokens.<pool>` instead of unique_tokens.
 
     A run that trains on fewer tokens than its budget (one epoch rounded down to whole steps) saw
     only D unique tokens, so its U is min(U, D).
@@ -37,6 +39,11 @@ def run_table(records: list[RunRecord], params_kind: str = "non_embedding") -> R
         "unique_tokens": [min(record.unique_tokens, record.tokens) for record in ordered],
         "val_loss": [record.val_loss for record in ordered],
     }
+    if ordered[0].pools:  # several pools: D_i and U_i per pool (`scaling.runs`), U from them
+        del columns["unique_tokens"]
+        for index, pool in enumerate(ordered[0].pools):
+            columns[f"tokens.{pool.name}"] = [record.pools[index].tokens for record in ordered]
+            columns[f"unique_tokens.{pool.name}"] = [record.pools[index].unique_tokens for record in ordered]
     return RunTable.from_columns(columns, source="run records", row_label="run", row_numbers=range(1, len(ordered) + 1))
 
 
@@ -63,18 +70,26 @@ def pool_columns(record: RunRecord) -> dict:
     return columns
 
 
-def check_one_pool(records: list[RunRecord], law: str) -> None:
-    """InputError when multi-pool runs would be fitted with a one-pool law (their U and D are sums over pools)."""
-    if any(record.pools for record in records):
-        raise InputError("fit.law", f"{law!r} fits runs on one corpus; these runs draw from several pools and need law "
-                         "multi-pool, which this dcsl does not have yet. Their per-pool table: dcsl runs STORE")  # fmt: skip
+def check_law_fits(records: list[RunRecord], spec: FitSpec | PoolFitSpec) -> None:
+    """InputError unless the runs suit the law: all on one corpus for a one-pool law, all over the same pools for a pool law."""
+    pools = {tuple(pool.name for pool in record.pools or []) for record in records}
+    if not pools:
+        return
+    if len(pools) > 1:
+        raise InputError("runs", f"the runs draw from different pools ({' / '.join(sorted(', '.join(p) or 'one corpus' for p in pools))})")
+    pooled = bool(pools.pop())
+    if pooled and not isinstance(spec, PoolFitSpec):
+        raise InputError("fit.law", f"{spec.law!r} fits runs on one corpus; these runs draw from several pools: use multi-pool or qqt")
+    if not pooled and isinstance(spec, PoolFitSpec):
+        raise InputError("fit.law", f"{spec.law!r} is a law of several pools; these runs draw from one corpus")
 
 
-def fit_runs(records: list[RunRecord], spec: FitSpec, out_dir: Path, *, params_kind: str = "non_embedding",
+def fit_runs(records: list[RunRecord], spec: FitSpec | PoolFitSpec, out_dir: Path, *, params_kind: str = "non_embedding",
              resamples: int = 0, seed: int = 0) -> dict:
     """Fit the law to the runs, write `law.json` and `runs.csv` into `out_dir`, return the law document."""
-    check_one_pool(records, spec.law)
-    _, document = fit_law_document(run_table(records, params_kind), spec, resamples=resamples, seed=seed)
+    check_law_fits(records, spec)
+    fit = fit_pool_law_document if isinstance(spec, PoolFitSpec) else fit_law_document
+    _, document = fit(run_table(records, params_kind), spec, resamples=resamples, seed=seed)
     document["params_kind"] = params_kind
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ quantity study, the small repeated subset of a Hernandez et al. study). Outputs:
   loss_vs_epochs.png        eval loss against the first pool's epochs, one line per share of D it gets (the mix),
                             one panel per model size
   loss_vs_share.png         eval loss against the first pool's share f of D, one line per U of the first pool
-  report.md                 both tables and plots; the allocation across pools needs the law `multi-pool`
+  allocation.csv            with the fitted pool law: the optimal N and D_i per compute budget (each pool's largest U)
+  report.md                 the tables, the plots, the fitted law, the allocation and where each pool starts to pay
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from scaling.atomic import write_text_atomic
 from scaling.units import format_quantity
 from stages.fit import runs_csv
 from stages.record import RunFailure, RunRecord
-from stages.report import _save
+from scaling.lawfile import read_law
+from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from
+from stages.report import _csv as csv_text
+from stages.report import _save, compute_grid
 
 REPORT = "report.md"
+ALLOCATION = "allocation.csv"
+NO_LAW = "## Allocation across pools\n\nNo fitted law (the fit step did not finish: see `dcsl status`); this report shows the runs alone.\n"
 TABLE = "pools.csv"
 PLOTS = {"epochs": "loss_vs_epochs.png", "share": "loss_vs_share.png"}
 
@@ -32,8 +38,9 @@ def first_pool_share(record: RunRecord) -> float:
     return round(record.pools[0].tokens / record.tokens, 6)
 
 
-def write_pool_report(records: list[RunRecord], failed: list[RunFailure], out_dir: Path, params_kind: str = "non_embedding") -> Path:
-    """Write the table, the two plots and report.md into `out_dir`; return report.md."""
+def write_pool_report(records: list[RunRecord], failed: list[RunFailure], out_dir: Path, law_path: Path | None = None) -> Path:
+    """Write the table, the two plots and report.md into `out_dir` (with the fitted pool law at `law_path`, also
+    the allocation across pools); return report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,13 +48,56 @@ def write_pool_report(records: list[RunRecord], failed: list[RunFailure], out_di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    law, document = read_law(law_path) if law_path else (None, {})
+    params_kind = document.get("params_kind", "non_embedding")
     write_text_atomic(out_dir / TABLE, runs_csv(records))
     _plot(plt, records, params_kind, out_dir / PLOTS["epochs"], x=lambda r: r.pools[0].epochs, group=first_pool_share,
           label=lambda share: f"share {share:g}", xlabel=f"epochs of pool {records[0].pools[0].name}", log=True)
     _plot(plt, records, params_kind, out_dir / PLOTS["share"], x=first_pool_share, group=lambda r: r.pools[0].unique_tokens,
           label=lambda unique: f"U={format_quantity(unique, 3)}", xlabel=f"share f of D from pool {records[0].pools[0].name}", log=False)
-    write_text_atomic(out_dir / REPORT, _markdown(records, failed, params_kind))
+    allocation = allocation_markdown(law, document, records, out_dir) if law else NO_LAW
+    write_text_atomic(out_dir / REPORT, _markdown(records, failed, params_kind) + allocation)
     return out_dir / REPORT
+
+
+def allocation_rows(law, records: list[RunRecord]) -> list[dict]:
+    """The law's optimal N and D_i at compute budgets from the study's smallest run to 100x its largest, with each
+    pool's largest unique budget of the study."""
+    names = [pool.name for pool in records[0].pools]
+    unique = [max(record.pools[i].unique_tokens for record in records) for i in range(len(names))]
+    flops = compute_grid(records)
+    best = allocate_pools(law, flops, unique)
+    rows = []
+    for c, budget in enumerate(flops):
+        row = {"flops": float(budget), "params": float(best.params[c]), "tokens": float(best.tokens[c]), "loss": float(best.loss[c])}
+        for i, name in enumerate(names):
+            row.update({f"unique_tokens.{name}": unique[i], f"tokens.{name}": float(best.pool_tokens[c, i]),
+                        f"epochs.{name}": float(best.epochs[c, i])})
+        rows.append(row)
+    return rows
+
+
+def allocation_markdown(law, document: dict, records: list[RunRecord], out_dir: Path) -> str:
+    """The report's sections on the fitted pool law and the allocation across pools (writes `allocation.csv`)."""
+    rows = allocation_rows(law, records)
+    write_text_atomic(out_dir / ALLOCATION, csv_text(rows))
+    names = [pool.name for pool in records[0].pools]
+    unique = [rows[0][f"unique_tokens.{name}"] for name in names]
+    lines = ["## Fitted law", "", f"`{document['law']}` ({document['method']} fit on {document['n_runs']} runs; "
+             f"[law.json](law.json)):", "", "| parameter | value |", "| --- | --- |"]  # fmt: skip
+    lines += [f"| {name} | {value:.6g} |" for name, value in law.params().items()]
+    lines += ["", "## Allocation across pools", "",
+              "With " + ", ".join(f"{format_quantity(u)} unique tokens of {n}" for n, u in zip(names, unique))
+              + f": every row in [{ALLOCATION}]({ALLOCATION}).", "",
+              "| compute | N* | " + " | ".join(f"D {n} | epochs {n}" for n in names) + " | loss |", "|" + " --- |" * (3 + 2 * len(names))]  # fmt: skip
+    for row in rows:
+        per_pool = " | ".join(f"{format_quantity(row[f'tokens.{n}'])} | {row[f'epochs.{n}']:.3g}" for n in names)
+        lines.append(f"| {row['flops']:.3g} | {format_quantity(row['params'])} | {per_pool} | {row['loss']:.4f} |")
+    pays = pays_from(law, unique)
+    lines += [""] + [f"Pool {name} starts to pay (gets at least {PAYS_SHARE:.1%} of the optimal D) from "
+                     + (f"C = {flops:.3g} FLOPs." if np.isfinite(flops) else "no compute in the searched range.")
+                     for name, flops in pays.items()] + [""]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _plot(plt, records, params_kind, path, *, x, group, label, xlabel, log) -> None:
@@ -83,9 +133,5 @@ def _markdown(records: list[RunRecord], failed: list[RunFailure], params_kind: s
         losses = " | ".join(f"{p.val_loss:.4f}" for p in r.pools)
         lines.append(f"| {format_quantity(r.params_for(params_kind), 3)} | {format_quantity(r.tokens)} | {per_pool} | "
                      f"{first_pool_share(r):g} | {r.val_loss:.4f} | {losses} |")  # fmt: skip
-    lines += ["", "## Plots", "", *(f"![{key}]({name})" for key, name in PLOTS.items()), "",
-              "## Allocation across pools", "",
-              "The allocation across pools comes from the law `multi-pool` (`dcsl fit --law multi-pool`, `dcsl allocate "
-              "--unique-tokens POOL=U`); this dcsl does not have it yet, so the sweep's fit step says so and this report "
-              "shows the runs alone.", ""]  # fmt: skip
+    lines += ["", "## Plots", "", *(f"![{key}]({name})" for key, name in PLOTS.items()), "", ""]
     return "\n".join(lines)

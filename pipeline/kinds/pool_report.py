@@ -1,9 +1,11 @@
-"""The report kind of a multi-pool study: its finished runs -> per-pool table, plots and `report.md`
-(`stages.pool_report`). It uses the fit (the step of the law, when there is one) and every run, so it is
-written even while the fit cannot be (no multi-pool law yet), and names the runs that did not finish."""
+"""The report kind of a multi-pool study: its finished runs (and the fitted pool law, when the fit finished)
+-> per-pool table, plots, the allocation across pools and `report.md` (`stages.pool_report`). It uses the
+fit and every run, so it is written even when the fit is not (too few runs for the law, say), and names
+the runs that did not finish."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +43,14 @@ class PoolReportKind:
 
     def run(self, spec: str, step: Step, out_dir: Path, inputs: Sequence[Outcome]) -> None:
         """Write the report of the runs that finished, naming the others."""
-        runs = inputs[1:]
+        fit, runs = inputs[0], inputs[1:]
         failed = [RunFailure(o.name, o.state.value, o.reason) for o in sorted(runs, key=lambda o: o.name) if not o.done]
         with atomic_directory(out_dir) as folder:
-            write_pool_report(records_of(runs), failed, folder)
+            law = None
+            if fit.done:  # the law beside the report, so the folder stands alone
+                law = folder / Path(fit.value).name
+                shutil.copyfile(fit.value, law)
+            write_pool_report(records_of(runs), failed, folder, law)
 
     def result(self, spec: str, out_dir: Path) -> str:
         """The path of `report.md`."""
