@@ -22,7 +22,7 @@ from scaling.units import format_quantity
 from stages.fit import runs_csv
 from stages.record import RunFailure, RunRecord
 from scaling.lawfile import read_law
-from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from
+from scaling.pool_allocate import PAYS_SHARE, pays_from, pool_allocation_records
 from stages.report import _csv as csv_text
 from stages.report import _save, compute_grid
 
@@ -62,17 +62,13 @@ def write_pool_report(records: list[RunRecord], failed: list[RunFailure], out_di
 
 def allocation_rows(law, records: list[RunRecord]) -> list[dict]:
     """The law's optimal N and D_i at compute budgets from the study's smallest run to 100x its largest, with each
-    pool's largest unique budget of the study."""
-    names = [pool.name for pool in records[0].pools]
-    unique = [max(record.pools[i].unique_tokens for record in records) for i in range(len(names))]
-    flops = compute_grid(records)
-    best = allocate_pools(law, flops, unique)
+    pool's largest unique budget of the study, flat: `tokens.<pool>`, `epochs.<pool>`, `unique_tokens.<pool>`."""
+    unique = np.array([max(record.pools[i].unique_tokens for record in records) for i in range(len(records[0].pools))])
     rows = []
-    for c, budget in enumerate(flops):
-        row = {"flops": float(budget), "params": float(best.params[c]), "tokens": float(best.tokens[c]), "loss": float(best.loss[c])}
-        for i, name in enumerate(names):
-            row.update({f"unique_tokens.{name}": unique[i], f"tokens.{name}": float(best.pool_tokens[c, i]),
-                        f"epochs.{name}": float(best.epochs[c, i])})
+    for found in pool_allocation_records(law, compute_grid(records), unique):
+        row = {key: found[key] for key in ("flops", "params", "tokens", "loss")}
+        for name, pool in found["pools"].items():
+            row.update({f"{field}.{name}": value for field, value in pool.items()})
         rows.append(row)
     return rows
 

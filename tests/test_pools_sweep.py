@@ -34,7 +34,7 @@ POOLS = {
     "grid": [{"tokens": "8K", "pools": {"prose": ["1K", "2K"], "code": "8K"},
               "mix": [{"code": 1}, {"prose": 0.25, "code": 0.75}, {"prose": 0.5, "code": 0.5}]}],
     "train": {"seq_len": 32, "batch_tokens": 256, "device": "cpu", "log_every": 10},
-    "fit": {"base": "c4"},
+    "fit": {"base": "c4"},  # the base law held at a preset: 4 free parameters of the multi-pool law for 6 runs
     "wandb": {"mode": "disabled"},
 }
 
@@ -60,6 +60,7 @@ def _plan(tmp_path, capsys, document: dict, store=None) -> tuple[int, str, str]:
 BLOCK = POOLS["grid"][0]
 BAD = [
     ("grid.0.pools", {"prose": "1K", "code": "8K", "web": "1K"}, "grid.0.pools: 'web' is not a pool; pools: prose, code"),
+    ("fit.law", "data-constrained", "fit.law: 'data-constrained' fits one corpus; a multi-pool sweep is fitted with multi-pool or qqt"),
     ("grid.0.mix", [{"prose": 0.5, "web": 0.5}], "grid.0.mix.0: 'web' is not a pool; pools: prose, code"),
     ("grid.0.mix", [{"prose": 0.5, "code": 0.4}], "grid.0.mix: entry 0, {'code': 0.4, 'prose': 0.5}, adds up to 0.9; the weights must add up to 1"),
     ("grid.0.pools", {"prose": "1K"}, "grid.0.pools: gives no unique_tokens for pool 'code'; give every pool its budgets"),
@@ -130,8 +131,8 @@ def pool_sweep(tmp_path_factory):
 
 def test_a_two_pool_sweep_records_exact_per_pool_numbers(pool_sweep):
     store, done = pool_sweep
-    assert done.returncode == 1, done.stderr  # every run finished; no law: the multi-pool law is not there yet
-    assert "6 of 6 runs succeeded" in done.stdout and "need law multi-pool" in done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 of 6 runs succeeded" in done.stdout and "law: " in done.stdout
     records = {r.name: r for r in (RunRecord.model_validate_json(p.read_text()) for p in store.glob("train/*/run.json"))}
     mixed = records["s-D8K-prose.U1K.w0.25-code.U8K.w0.75-s0"]
     assert (mixed.tokens, mixed.unique_tokens, mixed.eval_pool) == (7_936, 9_000, "code")
@@ -152,8 +153,16 @@ def test_dcsl_runs_writes_per_pool_columns_and_the_report_shows_the_pools(pool_s
     assert {key: mixed[key] for key in ("tokens.prose", "unique_tokens.prose", "tokens.code", "unique_tokens.code")} == {
         "tokens.prose": "1984", "unique_tokens.prose": "1000", "tokens.code": "5952", "unique_tokens.code": "8000"}
     (report,) = store.glob("report/*/report.md")
-    assert "| N | D | U prose | epochs prose | U code | epochs code |" in report.read_text()
+    text = report.read_text()
+    assert "| N | D | U prose | epochs prose | U code | epochs code |" in text
     assert all((report.parent / name).stat().st_size > 1_000 for name in ("loss_vs_epochs.png", "loss_vs_share.png", "pools.csv"))
+    law = json.loads((report.parent / "law.json").read_text())
+    assert (law["law"], law["method"], law["pools"], law["n_runs"]) == ("multi-pool", "repetition", ["prose", "code"], 6)
+    assert "## Allocation across pools" in text and "With 2K unique tokens of prose, 8K unique tokens of code" in text
+    allocation = list(csv.DictReader(io.StringIO((report.parent / "allocation.csv").read_text())))
+    for row in allocation:  # the optimum spends the compute: C = 6 N sum D_i
+        assert float(row["tokens.prose"]) + float(row["tokens.code"]) == pytest.approx(float(row["tokens"]), rel=1e-9)
+        assert 6 * float(row["params"]) * float(row["tokens"]) == pytest.approx(float(row["flops"]), rel=1e-6)
     status = subprocess.run([sweeps.DCSL, "status", str(store)], capture_output=True, text=True, env=sweeps.env()).stdout
     assert [line.split(":")[0].rsplit(" ", 1)[1] for line in status.splitlines() if " pool " in line and "contamination" in line] == [
         "prose", "code"]  # each pool's contamination, at the budgets the runs drew from it
