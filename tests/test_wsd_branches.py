@@ -7,6 +7,7 @@ step in training loss, and in its loss curve.
 
 import json
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="dcsl-hf-"))
@@ -19,12 +20,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from stages.artifacts import SUCCESS  # noqa: E402
 from stages.checkpoint import checkpoints  # noqa: E402
 from stages.data import TokenData  # noqa: E402
 from stages.launch import train  # noqa: E402
 from stages.lineage import write_branch, write_trunk  # noqa: E402
 from stages.metrics import VAL_CURVE, curve_steps, read_metrics  # noqa: E402
-from stages.record import read_record  # noqa: E402
+from stages.record import RECORD, read_record  # noqa: E402
 from stages.run_config import RunConfig  # noqa: E402
 from stages.tokenize import TokenizeConfig, tokenize  # noqa: E402
 
@@ -83,11 +85,14 @@ def trunk(data, store) -> Path:
     stops = [config.cooldown_start_step for config in configs]
     assert stops == [16, 32]
     evals = sorted({s for config in configs for s in curve_steps(config.steps, 3) if s <= config.cooldown_start_step})
-    trunk_config = _config(32, "trunk", optimizer={**RUN["optimizer"], "cooldown": 0.0}, keep_checkpoints=1, checkpoint_every=5)
     run_dir = store / "trunk" / "trunk-0"
     run_dir.mkdir(parents=True)
     write_trunk(run_dir, stops, evals)
-    return train(trunk_config, data.path, store, run_dir=run_dir)
+    return train(_trunk_config(), data.path, store, run_dir=run_dir)
+
+
+def _trunk_config() -> RunConfig:
+    return _config(32, "trunk", optimizer={**RUN["optimizer"], "cooldown": 0.0}, keep_checkpoints=1, checkpoint_every=5)
 
 
 @pytest.mark.parametrize("steps", STEPS)
@@ -131,3 +136,18 @@ def test_a_branch_whose_starting_checkpoint_is_gone_fails_naming_it(data, store,
     write_branch(run_dir, "trunk/gone-0", tmp_path / "gone", 16)
     with pytest.raises(RuntimeError, match=r"starting checkpoint .*gone/checkpoints/step-00000016 is not whole \(missing\)"):
         train(_config(20, "orphan"), data.path, tmp_path, run_dir=run_dir)
+
+
+def test_a_killed_trunk_resumes_to_the_same_trunk(data, store, trunk, tmp_path):
+    """The trunk as a kill after step 30 leaves it (no final checkpoint, record or SUCCESS) resumes to the same numbers."""
+    run_dir = tmp_path / "trunk" / "trunk-0"
+    shutil.copytree(trunk, run_dir)
+    for finished in (SUCCESS, RECORD):
+        (run_dir / finished).unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "step-00000032")
+    train(_trunk_config(), data.path, tmp_path, run_dir=run_dir)
+    record, reference = read_record(run_dir), read_record(trunk)
+    assert record.resumed_at == [30] and abs(record.val_loss - reference.val_loss) < 1e-6
+    assert [p.name for p in checkpoints(run_dir)] == ["step-00000016", "step-00000030", "step-00000032"]
+    resumed, original = (torch.load(p / "checkpoints" / "step-00000032" / "engine.pt")["model"] for p in (run_dir, trunk))
+    assert all(torch.allclose(resumed[key], original[key], atol=1e-6) for key in original)
