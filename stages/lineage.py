@@ -34,6 +34,8 @@ class Lineage(NamedTuple):
     """The trunk's run directory."""
     start: int = 0
     """The step a branch starts after: its cooldown start, a stop of its trunk."""
+    run_hash: str | None = None
+    """A branch's own hash (its step's, naming its directory), for its record and its W&B run."""
 
     def origin(self) -> Path:
         """A branch's starting checkpoint; RuntimeError naming it when it is missing or damaged."""
@@ -49,9 +51,10 @@ def write_trunk(run_dir: Path, stops: list[int], evals: list[int]) -> None:
     write_text_atomic(Path(run_dir) / TRUNK, json.dumps({"stops": sorted(stops), "evals": sorted(evals)}) + "\n")
 
 
-def write_branch(run_dir: Path, trunk: str, trunk_dir: Path, start: int) -> None:
-    """Make the run in `run_dir` a branch of `trunk` (`trunk/<name>-<hash>` in `trunk_dir`) from its checkpoint at `start`."""
-    origin = {"trunk": trunk, "trunk_dir": str(Path(trunk_dir).resolve()), "start": start}
+def write_branch(run_dir: Path, trunk: str, trunk_dir: Path, start: int, run_hash: str) -> None:
+    """Make the run in `run_dir` (hash `run_hash`) a branch of `trunk` (`trunk/<name>-<hash>` in `trunk_dir`) from its
+    checkpoint at `start`."""
+    origin = {"trunk": trunk, "trunk_dir": str(Path(trunk_dir).resolve()), "start": start, "run_hash": run_hash}
     write_text_atomic(Path(run_dir) / BRANCH, json.dumps(origin) + "\n")
 
 
@@ -63,5 +66,5 @@ def read_lineage(run_dir: Path) -> Lineage:
         return Lineage(stops=frozenset(plan["stops"]), evals=tuple(plan["evals"]))
     if branch.is_file():
         origin = json.loads(branch.read_text())
-        return Lineage(trunk=origin["trunk"], trunk_dir=Path(origin["trunk_dir"]), start=origin["start"])
+        return Lineage(trunk=origin["trunk"], trunk_dir=Path(origin["trunk_dir"]), start=origin["start"], run_hash=origin["run_hash"])
     return Lineage()

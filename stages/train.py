@@ -154,7 +154,7 @@ def _train(
 
     peak = peak_flops(ranks.device, precision_of(config, ranks.device))
     flops_per_token = shape.flops_per_token
-    identity = run_hash(config, data)
+    identity = lineage.run_hash or run_hash(config, data)
     if ranks.is_main and lineage.trunk and not resume:
         copy_prefix(lineage.trunk_dir, run_dir, start_step, curve_at)
     logged_to = start_step if resume or lineage.trunk else None

@@ -101,12 +101,12 @@ def test_a_branch_equals_the_independent_wsd_run_of_its_d(data, store, trunk, st
     branch_config = _config(steps, f"independent{steps}")  # the same config: only its start differs
     run_dir = store / "train" / f"branch-{steps}"
     run_dir.mkdir(parents=True)
-    write_branch(run_dir, "trunk/trunk-0", trunk, branch_config.cooldown_start_step)
+    write_branch(run_dir, "trunk/trunk-0", trunk, branch_config.cooldown_start_step, f"{steps:016x}")
     branch = train(branch_config, data.path, store, run_dir=run_dir)
 
     record, reference = read_record(branch), read_record(independent)
     assert abs(record.val_loss - reference.val_loss) < 1e-6
-    assert record.trunk == "trunk/trunk-0" and reference.trunk is None
+    assert record.trunk == "trunk/trunk-0" and reference.trunk is None and record.run_hash == f"{steps:016x}"
     # the record is an independent run's: its whole D, steps and FLOPs, no resume
     assert (record.tokens, record.steps, record.flops, record.resumed_at) == (reference.tokens, steps, reference.flops, [])
     # its training curve: the trunk's up to the cooldown start, then its own, step for step the independent run's
@@ -133,7 +133,7 @@ def test_the_trunk_keeps_its_stops_checkpoints_at_constant_rate(trunk):
 def test_a_branch_whose_starting_checkpoint_is_gone_fails_naming_it(data, store, trunk, tmp_path):
     run_dir = tmp_path / "train" / "orphan"
     run_dir.mkdir(parents=True)
-    write_branch(run_dir, "trunk/gone-0", tmp_path / "gone", 16)
+    write_branch(run_dir, "trunk/gone-0", tmp_path / "gone", 16, "0" * 16)
     with pytest.raises(RuntimeError, match=r"starting checkpoint .*gone/checkpoints/step-00000016 is not whole \(missing\)"):
         train(_config(20, "orphan"), data.path, tmp_path, run_dir=run_dir)
 

@@ -2,11 +2,15 @@
 a branch per run; a failed branch leaves its siblings alone, a rerun runs only it, and a changed
 cooldown shape reruns the branches and not the trunk (`--explain` says so)."""
 
+import csv
 import json
 import subprocess
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 import sweeps
+from stages.metrics import curve_steps
 from sweeps import DCSL
 
 WSD = {
@@ -51,6 +55,7 @@ def test_a_wsd_sweep_trains_one_trunk_and_a_branch_per_run(tmp_path, ray_tmp):
     for name, steps in ((BRANCHES[0], 19), (BRANCHES[2], 78)):
         record = records[name]
         assert record["trunk"] == f"trunk/{trunk_dir.name}" and record["steps"] == steps
+        assert (store / "train" / f"{name}-{record['run_hash']}" / "run.json").is_file()
         assert record["tokens"] == steps * 1024 and record["flops"] == 6 * record["params_non_embedding"] * steps * 1024
 
     # the same command again: only the failed branch runs; the trunk and the finished branches are not touched
@@ -61,6 +66,30 @@ def test_a_wsd_sweep_trains_one_trunk_and_a_branch_per_run(tmp_path, ray_tmp):
     changed = sorted(key for key in after if after[key] != attempts.get(key))
     assert [key.rsplit("-", 1)[0] for key in changed if not key.startswith(("fit/", "report/"))] == [f"train/{BRANCHES[1]}"], changed
     assert _records(store)[BRANCHES[1]]["trunk"] == f"trunk/{trunk_dir.name}"
+
+    # the loss curves, exported: each run's logged train losses and its validations, the last one its result
+    exported = subprocess.run([DCSL, "runs", str(store), "--curves", str(tmp_path / "curves.csv")], capture_output=True, text=True,
+                              env=sweeps.env())  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    curves = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    for name, record in _records(store).items():
+        run_dir = store / "train" / f"{name}-{record['run_hash']}"
+        rows = [row for row in curves if row["run"] == name]
+        logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        validated = [json.loads(line) for line in (run_dir / "val_curve.jsonl").read_text().splitlines()]
+        assert [(int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"]] == [(m["step"], m["loss"]) for m in logged]
+        assert [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]] == [
+            *((p["step"], p["val_loss"]) for p in validated), (record["steps"], record["val_loss"])]
+        assert [p["step"] for p in validated] == curve_steps(record["steps"], 3)  # the default curve_evals
+    assert exported.stdout == f"wrote {len(curves)} curve points of 3 runs to {tmp_path / 'curves.csv'}\n"
+    as_parquet = subprocess.run([DCSL, "runs", str(store), "--curves", str(tmp_path / "curves.parquet")], env=sweeps.env())
+    assert as_parquet.returncode == 0
+    table = pq.read_table(tmp_path / "curves.parquet").to_pylist()
+    assert [(r["run"], r["step"], r["val_loss"]) for r in table] == [
+        (r["run"], int(r["step"]), float(r["val_loss"]) if r["val_loss"] else None) for r in curves]
+    refused = subprocess.run([DCSL, "runs", str(store), "--curves", str(tmp_path / "curves.txt")], capture_output=True, text=True,
+                             env=sweeps.env())  # fmt: skip
+    assert (refused.returncode, refused.stderr) == (2, f"error: --curves: {str(tmp_path / 'curves.txt')!r} must end in .csv or .parquet\n")
 
     # another cooldown shape: the branches run again, the trunk is done
     reshaped = {**WSD, "train": {**WSD["train"], "optimizer": {**WSD["train"]["optimizer"], "cooldown_shape": "linear"}}}

@@ -45,7 +45,7 @@ class BranchKind:
         """Start from the trunk's checkpoint (or resume from the branch's own), cool down to D and evaluate."""
         trunk_dir = Path(inputs[0].value)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_branch(out_dir, f"{inputs[0].stage}/{trunk_dir.name}", trunk_dir, spec.start)
+        write_branch(out_dir, f"{inputs[0].stage}/{trunk_dir.name}", trunk_dir, spec.start, step.hash)
         launch(spec.run, Path(inputs[1].value), out_dir.parents[1], run_dir=out_dir)
 
     def result(self, spec: BranchSpec, out_dir: Path) -> RunRecord:
