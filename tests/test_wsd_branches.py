@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import stages.train  # noqa: E402
 from stages.artifacts import SUCCESS  # noqa: E402
 from stages.checkpoint import checkpoints  # noqa: E402
 from stages.data import TokenData  # noqa: E402
@@ -51,27 +52,18 @@ RUN = {
 STEPS = (20, 40)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    saved_env, saved_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved_threads)
-    if saved_env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = saved_env
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("store")
+def data(tmp_path_factory) -> TokenData:
+    """The corpus, tokenized into a fresh store: the `store` of this module's runs."""
+    return TokenData(tokenize(TokenizeConfig.model_validate(DATA), tmp_path_factory.mktemp("store")))
 
 
 @pytest.fixture(scope="module")
-def data(store) -> TokenData:
-    return TokenData(tokenize(TokenizeConfig.model_validate(DATA), store))
+def store(data) -> Path:
+    return data.path.parents[1]
 
 
 def _config(steps: int, name: str, **changes) -> RunConfig:
@@ -151,3 +143,28 @@ def test_a_killed_trunk_resumes_to_the_same_trunk(data, store, trunk, tmp_path):
     assert [p.name for p in checkpoints(run_dir)] == ["step-00000016", "step-00000030", "step-00000032"]
     resumed, original = (torch.load(p / "checkpoints" / "step-00000032" / "engine.pt")["model"] for p in (run_dir, trunk))
     assert all(torch.allclose(resumed[key], original[key], atol=1e-6) for key in original)
+
+
+class _RecordingMirror:
+    """Stands in for `stages.metrics.WandbMirror`: keeps what the run logs."""
+
+    logged: list[dict] = []
+
+    def __init__(self, *args):
+        self.directory = None
+
+    def log(self, record: dict) -> None:
+        self.logged.append(record)
+
+    def finish(self, summary: dict) -> None:
+        self.logged.append({"summary": summary})
+
+
+def test_the_loss_curve_is_mirrored_to_wandb(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(stages.train, "WandbMirror", _RecordingMirror)
+    run_dir = train(_config(20, "mirrored", wandb={"mode": "offline"}, log_every=5), data.path, tmp_path)
+    points = [record for record in _RecordingMirror.logged if "val_loss" in record]
+    assert points == read_metrics(run_dir, VAL_CURVE) and [p["step"] for p in points] == [5, 10, 15]
+    losses = [(record["step"], record["loss"]) for record in _RecordingMirror.logged if "loss" in record]
+    assert losses == [(m["step"], m["loss"]) for m in read_metrics(run_dir)] and [s for s, _ in losses] == [5, 10, 15, 20]
+    assert _RecordingMirror.logged[-1]["summary"]["val_loss"] == read_record(run_dir).val_loss
