@@ -42,7 +42,8 @@ class Lineage(NamedTuple):
         folder = Path(self.trunk_dir) / FOLDER / checkpoint_name(self.start)
         problem = damage(folder) if folder.is_dir() else "missing"
         if problem is not None:
-            raise RuntimeError(f"the branch's starting checkpoint {folder} is not whole ({problem}); run its trunk {self.trunk} again")
+            raise RuntimeError(f"the branch's starting checkpoint {folder} is not whole ({problem}); delete its trunk "
+                               f"{self.trunk_dir} and run the sweep again to train the trunk again")
         return folder
 
 
