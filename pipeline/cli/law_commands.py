@@ -14,11 +14,10 @@ from rich.table import Table
 from pipeline.cli import app, store_runs
 from pipeline.tables import read_runs
 from scaling.allocate import (
-    least_compute, loss_floor, optimal_allocation, repetition_blind_allocation, samples_arrays, saturation_epochs,
+    allocation_records, least_compute, loss_floor, repetition_blind_allocation, saturation_epochs,
     allocate as allocate_law,
 )
 from scaling.atomic import write_text_atomic
-from scaling.bootstrap import percentile_interval
 from scaling.errors import InputError
 from scaling.extrapolation import PRESET_RANGES, outside_range
 from scaling.fit import FitResult, FitSpec
@@ -214,20 +213,6 @@ def _print_fit_summary(result: FitResult, document: dict, out_path: Path | None)
         out.print(f"wrote {out_path}")
 
 
-def _allocation_record(params: dict, flops: np.ndarray, unique: float, samples: np.ndarray | None) -> list[dict]:
-    best = optimal_allocation(params, flops, unique)
-    records = [{"flops": float(c), "unique_tokens": unique, "params": float(n), "tokens": float(d),
-                "epochs": float(e), "loss": float(l)}
-               for c, n, d, e, l in zip(flops, best.params, best.tokens, best.epochs, best.loss)]
-    if samples is not None:
-        spread = optimal_allocation(samples_arrays(samples), flops[None, :], unique)
-        for key in ("params", "tokens", "epochs", "loss"):
-            lo, hi = percentile_interval(getattr(spread, key))
-            for record, a, b in zip(records, lo, hi):
-                record.setdefault("intervals", {})[key] = [float(a), float(b)]
-    return records
-
-
 @app.command("allocate")
 def allocate_command(
     flops: list[str] = typer.Option([], "--flops", help="Compute budget C in FLOPs (1e22, 1.5e21, 25B...). Repeat it or separate values by commas for a table."),
@@ -250,7 +235,7 @@ def allocate_command(
         raise InputError("--flops", "give at least one compute budget (or --target-loss)")
     budgets = np.array([parse_quantity(c, "--flops") for item in flops for c in item.split(",")])
     samples = bootstrap_samples(document) if document else None
-    records = _allocation_record(law.full_params(), budgets, unique, samples)
+    records = allocation_records(law.full_params(), budgets, unique, samples)
     blind = repetition_blind_allocation(law, budgets, unique)
     for i, record in enumerate(records):
         record["base_law"] = {key: float(np.asarray(value)[i]) for key, value in blind.items()}

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
+from pipeline.cli.study_options import with_study_flags
 from scaling.errors import InputError
 from scaling.units import format_quantity
 
@@ -34,14 +35,20 @@ CSV_COLUMNS = ("name", "model", "seed", "params", "params_non_embedding", "token
 
 
 @app.command("plan")
+@with_study_flags
 def plan_command(
     sweep_file: Path = typer.Argument(..., help="The sweep YAML file."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave impossible grid points out, with a warning."),
     as_csv: bool = typer.Option(False, "--csv", help="Print the run table as CSV."),
+    study=None,
 ) -> None:
-    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything."""
+    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything.
+
+    With an active study's flags (`dcsl sweep --rounds ...`), also say what its rounds will do after the grid.
+    """
     from pipeline.config import expand, load_sweep
+    from pipeline.study import checked_plan
 
     sweep = load_sweep(sweep_file)
     store_root = store or Path(sweep.store)
@@ -53,6 +60,7 @@ def plan_command(
         sweep, corpus["train"]["tokens"] if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
         skip_invalid=skip_invalid, skipped=skipped,
     )  # fmt: skip
+    study_line = None if study is None else checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)
     if corpus is None:
         err.print("note: the corpus is not tokenized yet; U is not checked against its size", highlight=False)
     for message in skipped:
@@ -63,6 +71,8 @@ def plan_command(
         _write_csv(runs, estimates)
     else:
         _print_table(sweep, runs, estimates, len(skipped))
+    if study_line is not None:
+        (err if as_csv else Console(width=max(120, Console().width))).print(study_line, highlight=False, soft_wrap=True)
 
 
 def tokenized_corpus(sweep: SweepConfig, store: Path) -> dict | None:
