@@ -224,6 +224,9 @@ class SweepConfig(BaseModel):
             self.resources_for(entry.name)
         check_pool_grid(self.grid, self.data.pools)
         check_pool_law(self.fit, self.data.pools is not None)
+        if self.data.pools and any(self.train_for(entry.name).optimizer.schedule == "wsd" for entry in self.models):
+            raise InputError("train.optimizer.schedule", "wsd shares a trunk between runs that differ only in D, but a multi-pool "
+                             "run's batches depend on every pool's D_i; use cosine with data.pools")  # fmt: skip
         return self
 
     def fit_settings(self) -> FitSettings:

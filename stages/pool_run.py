@@ -52,9 +52,9 @@ def validation_sets(config: RunConfig, data: TokenData) -> dict[str | None, np.n
     return {name: pool.validation()[: config.eval_tokens] for name, pool in pool_data(data).items()}
 
 
-def scored(config: RunConfig, scores: dict[str | None, tuple[float, int]]) -> tuple[float, int]:
-    """(val_loss, val_tokens) of the run: the one split's, or the eval pool's."""
-    return scores[config.pools.eval if config.pools else None]
+def eval_key(config: RunConfig) -> str | None:
+    """The key of `validation_sets` whose loss is the run's val_loss: None (the one split), or the eval pool's name."""
+    return config.pools.eval if config.pools else None
 
 
 def pool_fields(config: RunConfig, scores: dict[str | None, tuple[float, int]]) -> dict:

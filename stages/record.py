@@ -92,6 +92,7 @@ class RunRecord(BaseModel):
     resumed_at: list[int] = Field(default_factory=list, description="steps the run resumed from checkpoints at")
     wandb_dir: str | None = Field(None, description="the W&B mirror's run folder, if mirrored")
     notes: list[str] = Field(default_factory=list, description="what went wrong on the way and was recovered from (damaged checkpoints skipped)")
+    trunk: str | None = Field(None, description="a WSD branch's trunk (`trunk/<name>-<hash>`), whose checkpoint it started its cooldown from")
     pools: list[PoolRecord] | None = Field(None, description="several pools: per pool D_i, U_i, epochs_i and its validation loss")
     eval_pool: str | None = Field(None, description="several pools: the pool whose validation loss is val_loss")
 

@@ -60,6 +60,8 @@ def _plan(tmp_path, capsys, document: dict, store=None) -> tuple[int, str, str]:
 BLOCK = POOLS["grid"][0]
 BAD = [
     ("grid.0.pools", {"prose": "1K", "code": "8K", "web": "1K"}, "grid.0.pools: 'web' is not a pool; pools: prose, code"),
+    ("train.optimizer", {"schedule": "wsd"}, "train.optimizer.schedule: wsd shares a trunk between runs that differ only in D, "
+     "but a multi-pool run's batches depend on every pool's D_i; use cosine with data.pools"),
     ("fit.law", "data-constrained", "fit.law: 'data-constrained' fits one corpus; a multi-pool sweep is fitted with multi-pool or qqt"),
     ("grid.0.mix", [{"prose": 0.5, "web": 0.5}], "grid.0.mix.0: 'web' is not a pool; pools: prose, code"),
     ("grid.0.mix", [{"prose": 0.5, "code": 0.4}], "grid.0.mix: entry 0, {'code': 0.4, 'prose': 0.5}, adds up to 0.9; the weights must add up to 1"),

@@ -1,5 +1,9 @@
 """`dcsl plan SWEEP.yaml`: expand a sweep and show its runs, compute and estimated time; runs nothing.
 
+Under `optimizer.schedule: wsd` it also shows the trunks (`pipeline.trunks`): per trunk, its
+branches and where each starts its cooldown, and the compute with the trunks shared against that of
+the same runs trained independently.
+
 The estimated time of a run comes from finished runs in the store with the same model shape
 (their run records: tokens/s, and the time outside training such as evaluation),
 preferring those trained with as many ranks; a run whose shape the store has not seen gets none.
@@ -161,6 +165,30 @@ def _print_table(sweep: SweepConfig, runs: list[RunSpec], estimates: list[float 
         lines.append("estimated time: unknown (no finished run in the store has these model shapes)")
     for line in lines:
         out.print(line, highlight=False)
+    _print_trunks(out, runs)
+
+
+def _print_trunks(out: Console, runs: list[RunSpec]) -> None:
+    """The WSD trunks of the runs (none: nothing printed), and the compute they save."""
+    from pipeline.trunks import plan_trunks, sharing
+
+    trunks, branches = plan_trunks(runs)
+    if not trunks:
+        return
+    table = Table(title=f"{len(trunks)} WSD trunks, {len(branches)} branches", title_justify="left")
+    for header in ("trunk", "D (constant rate)", "FLOPs (6ND)", "branches: cooldown from D_start to D"):
+        table.add_column(header, justify="left" if header in ("trunk", "branches: cooldown from D_start to D") else "right")
+    for trunk in trunks:
+        starts = ", ".join(
+            f"{run.name} {format_quantity(run.config.cooldown_start_step * run.config.batch_tokens)}->{format_quantity(run.tokens)}"
+            for run in trunk.branches
+        )  # fmt: skip
+        table.add_row(trunk.name, format_quantity(trunk.config.tokens), f"{trunk.flops:.3e}", starts)
+    out.print(table)
+    shared, independent = sharing(trunks, branches)
+    out.print(f"compute with trunks {shared:.4e} FLOPs (6ND): trunks {sum(t.flops for t in trunks):.4e} + branches' cooldowns "
+              f"{shared - sum(t.flops for t in trunks):.4e}; as independent runs {independent:.4e} ({independent / shared:.2f}x)",
+              highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _write_csv(runs: list[RunSpec], estimates: list[float | None]) -> None:
