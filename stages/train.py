@@ -275,9 +275,8 @@ def _train(
         resumed_at=resumed_at,
         wandb_dir=mirror.directory if mirror else None,
         notes=notes,
-    scores = {pool: validation_loss(model, tokens, config.seq_len, config.eval_batch_size, ranks, autocast)
-              for pool, tokens in validations.items()}  # fmt: skip
-    val_loss, val_tokens = scores[eval_key(config)]
+        trunk=lineage.trunk,
+        **pool_fields(config, scores),
     )
     if mirror:
         mirror.finish(record.model_dump(mode="json"))
