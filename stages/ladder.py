@@ -15,7 +15,7 @@ with `head_dim: H`, width a multiple of H and heads of dimension H: below 100K p
 table's steps are coarse, 12K, 49K, 99K), aspect ratio width / layers in [32, 128] with ties to 64
 (Kaplan et al. 2020: loss is flat over that range), the shape whose exact count is nearest the
 target in log space. A `total` target counts the tied token embedding (vocab x width) too. Two
-targets that give one shape are refused.
+targets that give one shape, or a target with no shape within 1.5x, are refused.
 
 Learning rate. rung i gets `lr = peak * (N_i / at) ** exponent`, N_i its exact count of the kind
 `params` names, rounded to 3 significant digits. The default exponent -1/3 is OLMo's model ladder
@@ -41,6 +41,7 @@ from stages.fields import Count
 from stages.shapes import MAX_HEAD_DIM, ModelShape, shape_for_params
 
 OLMO_LR_EXPONENT = -1 / 3
+MAX_MISS = 1.5  # a target whose nearest shape is further off than this factor is refused
 
 
 def _sizes(value: Any) -> Any:
@@ -132,6 +133,10 @@ class Ladder(BaseModel):
             layers, width, heads = shape_for_params(target, self.mlp_ratio, embedding_per_width=embedding, head_dim=self.head_dim)
             counts = ModelShape(layers, width, heads, vocab_size, 1, self.mlp_ratio).params
             params = counts.total if self.params == "total" else counts.non_embedding
+            if abs(math.log(params / target)) > math.log(MAX_MISS):
+                raise InputError("models.ladder.sizes", f"{format_quantity(target)} has no shape within {MAX_MISS:g}x; the nearest, "
+                                 f"{layers} layer(s) of width {width}, has {params:,} {self.params} parameters"
+                                 + ("" if self.head_dim else "; head_dim gives finer steps"))
             for other in rungs:
                 if (other.layers, other.width) == (layers, width):
                     raise InputError("models.ladder.sizes", f"{format_quantity(other.target)} and {format_quantity(target)} both give "
