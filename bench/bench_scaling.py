@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from scipy.optimize import minimize_scalar
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+from timing import REPEATS, WARMUP, timed  # noqa: E402
 from torch_lbfgs_baseline import C4_BASE, fit_repetition_torch  # noqa: E402
 
 from scaling.allocate import allocate  # noqa: E402
@@ -35,22 +35,6 @@ from scaling.fit import FitSpec, fit  # noqa: E402
 from scaling.laws import preset  # noqa: E402
 from scaling.objective import RD_STAR  # noqa: E402
 from scaling.runs import read_csv_runs  # noqa: E402
-
-WARMUP = 1
-REPEATS = 3
-
-
-def timed(func):
-    """Best wall time of REPEATS calls after WARMUP untimed ones, and the last result."""
-    for _ in range(WARMUP):
-        func()
-    best, result = math.inf, None
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        result = func()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
 
 def scipy_allocation_loop(law, flops, unique):
     """Baseline: one bounded scalar minimisation over log N per query."""

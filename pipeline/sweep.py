@@ -4,6 +4,9 @@
                           └───────────────────────needs (its contamination)──────────────┘
                                                    └──────────uses──────────┘
 
+Under `optimizer.schedule: wsd` the runs that differ only in D share a trunk (`pipeline.trunks`):
+tokenize ──needs──> trunk ──needs──> train (a branch per run, kind `branch`), the rest as above.
+
 The graph is declared here and walked by the generic `pipeline.runner`; every step runs under the
 store's lease, so it happens at most once across every `dcsl sweep` process sharing the store, a
 finished step is skipped and an interrupted run resumes from its latest checkpoint. Before any
@@ -25,10 +28,13 @@ from pipeline.kinds.dedup import DedupKind
 from pipeline.kinds.fit import FitKind, FitSpec
 from pipeline.kinds.report import ReportKind
 from pipeline.kinds.tokenize import TokenizeKind
+from pipeline.kinds.branch import BranchKind
 from pipeline.kinds.train import TrainKind
+from pipeline.kinds.trunk import TrunkKind
 from pipeline.ray_session import ray_session
 from pipeline.runner import Progress, Runner
 from pipeline.store import State, Store
+from pipeline.trunks import plan_trunks
 from scaling.errors import InputError
 from stages.data import TokenData
 from stages.record import RunFailure, RunRecord
@@ -36,17 +42,18 @@ from stages.record import RunFailure, RunRecord
 
 @dataclass
 class SweepGraph:
-    """The nodes of a sweep: its corpus, one node per run (by name), the fit and the report."""
+    """The nodes of a sweep: its corpus, one node per run (by name), the fit, the report and its WSD trunks (by name)."""
 
     tokenize: Node
     runs: dict[str, Node]
     fit: Node
     report: Node
+    trunks: dict[str, Node] = field(default_factory=dict)
 
     @property
     def nodes(self) -> list[Node]:
         """Every node; the runner walks them after what they read."""
-        return [self.tokenize, *self.runs.values(), self.fit, self.report]
+        return [self.tokenize, *self.trunks.values(), *self.runs.values(), self.fit, self.report]
 
 
 @dataclass
@@ -72,10 +79,13 @@ def sweep_graph(sweep: SweepConfig, corpus_train_tokens: int | None = None, *, s
     """The sweep's graph (no work done): its runs are `expand(sweep, corpus_train_tokens, ...)`."""
     corpus = corpus or tokenize_node(sweep)
     specs = expand(sweep, corpus_train_tokens, skip_invalid=skip_invalid, skipped=skipped)
+    trunk_specs, branch_specs = plan_trunks(specs)
+    trunks = {trunk.name: Node(TrunkKind(), trunk.name, trunk, needs=(corpus,)) for trunk in trunk_specs}
     runs = {spec.name: Node(TrainKind(), spec.name, spec, needs=(corpus,)) for spec in specs}
+    runs.update({branch.run.name: Node(BranchKind(), branch.run.name, branch, needs=(trunks[branch.trunk], corpus)) for branch in branch_specs})
     fit = Node(FitKind(), sweep.name, FitSpec(sweep.name, sweep.fit), uses=tuple(runs.values()), static=False)
     report = Node(ReportKind(), sweep.name, sweep.name, needs=(fit, corpus), uses=tuple(runs.values()), static=False)
-    return SweepGraph(corpus, runs, fit, report)
+    return SweepGraph(corpus, runs, fit, report, trunks)
 
 
 def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progress | None = None,

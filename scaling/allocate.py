@@ -100,6 +100,24 @@ def optimal_allocation(params: dict, flops, unique_tokens) -> Allocation:
     return Allocation(n, d, d / unique, np.take_along_axis(f, piece, axis=-1)[..., 0])
 
 
+def allocation_records(params: dict, flops: np.ndarray, unique: float, samples: np.ndarray | None) -> list[dict]:
+    """The optimal allocation per compute budget as records (flops, unique_tokens, params, tokens, epochs, loss),
+    with 95% bootstrap intervals of params, tokens, epochs and loss under `intervals` when `samples` are given."""
+    from scaling.bootstrap import percentile_interval
+
+    best = optimal_allocation(params, flops, unique)
+    records = [{"flops": float(c), "unique_tokens": unique, "params": float(n), "tokens": float(d),
+                "epochs": float(e), "loss": float(l)}
+               for c, n, d, e, l in zip(flops, best.params, best.tokens, best.epochs, best.loss)]
+    if samples is not None:
+        spread = optimal_allocation(samples_arrays(samples), flops[None, :], unique)
+        for key in ("params", "tokens", "epochs", "loss"):
+            lo, hi = percentile_interval(getattr(spread, key))
+            for record, a, b in zip(records, lo, hi):
+                record.setdefault("intervals", {})[key] = [float(a), float(b)]
+    return records
+
+
 def allocate(law: Law, flops, unique_tokens) -> Allocation:
     """The loss-minimising allocation of compute `flops` under `unique_tokens` for one law."""
     return optimal_allocation(law.full_params(), flops, unique_tokens)

@@ -37,14 +37,26 @@ def residual_table(law: Law, table: RunTable) -> list[dict]:
 
 def goodness_of_fit(law: Law, table: RunTable, delta: float) -> dict[str, float]:
     """Huber objective (log space, as fitted), R^2 and RMSE of log-loss and of loss."""
-    predicted = np.asarray(law.predict(table.params, table.tokens, table.unique_tokens), dtype=float)
-    log_obs, log_pred = np.log(table.loss), np.log(predicted)
+    return prediction_quality(table.loss, law.predict(table.params, table.tokens, table.unique_tokens), delta)
+
+
+def prediction_quality(observed: np.ndarray, predicted: np.ndarray, delta: float) -> dict[str, float]:
+    """Huber objective of log-loss residuals, R^2 and RMSE of log-loss and of loss, for any law's predictions."""
+    predicted = np.asarray(predicted, dtype=float)
+    log_obs, log_pred = np.log(observed), np.log(predicted)
     value, _ = huber(log_pred - log_obs, delta)
     return {
         "huber": float(value.sum()),
         "r2_log_loss": _r2(log_obs, log_pred), "rmse_log_loss": _rmse(log_obs, log_pred),
-        "r2_loss": _r2(table.loss, predicted), "rmse_loss": _rmse(table.loss, predicted),
+        "r2_loss": _r2(observed, predicted), "rmse_loss": _rmse(observed, predicted),
     }
+
+
+def describe_pool_fit(observed: np.ndarray, predicted: np.ndarray, names, delta: float) -> dict:
+    """Diagnostics of a pool law: goodness of fit and one residual row per run (no leave-out check)."""
+    rows = [{"run": name, "loss": float(obs), "predicted": float(pred), "residual": float(obs - pred),
+             "log_residual": float(np.log(obs) - np.log(pred))} for name, obs, pred in zip(names, observed, predicted)]
+    return {**prediction_quality(observed, predicted, delta), "residuals": rows}
 
 
 def extrapolation_check(table: RunTable, spec: FitSpec, threshold: float | None = None) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from scaling.errors import InputError
-from scaling.laws import PARAM_NAMES, BaseLaw, DataConstrainedLaw, Law, law_from_params, param_names
+from scaling.laws import PARAM_NAMES, BaseLaw, DataConstrainedLaw, Law, law_from_params, param_names, unknown_law
 from scaling.objective import ALPHA, BASE, BETA, HUBER_DELTA, R_STARS, RN_STAR, THETA_NAMES, FitData, objective
 from scaling.optimize import batched_lbfgs
 from scaling.runs import RunTable
@@ -133,7 +133,7 @@ class FitSpec:
 
     def __post_init__(self):
         if self.law not in (BaseLaw.name, DataConstrainedLaw.name):
-            raise InputError("law", f"{self.law!r} is not a law; choose 'data-constrained' or 'base'")
+            raise unknown_law(self.law)
         if self.method not in METHODS:
             raise InputError("method", f"{self.method!r} is not a fit method; choose one of {', '.join(METHODS)}")
         if (self.law == BaseLaw.name) != (self.method == "base"):

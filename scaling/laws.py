@@ -135,6 +135,14 @@ class DataConstrainedLaw:
 
 
 Law = BaseLaw | DataConstrainedLaw
+# The laws over several data pools (`scaling.pool_laws`): same registry of names, their own classes.
+POOL_LAW_NAMES = ("multi-pool", "qqt")
+LAW_NAMES = (DataConstrainedLaw.name, BaseLaw.name, *POOL_LAW_NAMES)
+
+
+def unknown_law(kind) -> InputError:
+    """The error for a law name that is not in the registry."""
+    return InputError("law", f"{kind!r} is not a law; choose one of {', '.join(LAW_NAMES)}")
 
 _C4 = dict(E=math.exp(0.6254804), A=math.exp(6.255414), B=math.exp(7.3049974), alpha=0.3526596, beta=0.3526596)
 PRESETS: dict[str, Law] = {
@@ -162,5 +170,5 @@ def law_from_params(kind: str, params: dict[str, float]) -> Law:
     """Build a law of `kind` ('base' or 'data-constrained') from a parameter mapping."""
     cls = {BaseLaw.name: BaseLaw, DataConstrainedLaw.name: DataConstrainedLaw}.get(kind)
     if cls is None:
-        raise InputError("law", f"{kind!r} is not a law; choose 'data-constrained' or 'base'")
+        raise unknown_law(kind)
     return cls(**{name: float(params[name]) for name in param_names(kind)})

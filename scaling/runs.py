@@ -1,5 +1,9 @@
 """Run tables: one row per training run (N params, D tokens, U unique tokens, final loss), validated.
 
+A multi-pool table names its pools by columns `tokens.<pool>` and `unique_tokens.<pool>` (the first
+pool listed is the reference); D is then the sum over pools unless a `tokens` column is given, and
+U is the sum of min(U_i, D_i).
+
 `RunTable.from_columns` validates columns from any reader (CSV here with the stdlib, Parquet in
 `pipeline.tables`); every problem is reported with the row's position in the source.
 """
@@ -16,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from scaling.errors import InputError
+from scaling.pool_laws import check_pool_names
 
 REQUIRED_COLUMNS = ("params", "tokens")
 LOSS_COLUMNS = ("val_loss", "loss")
+POOL_COLUMNS = ("tokens", "unique_tokens")  # per-pool columns are `<these>.<pool>`
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,15 @@ class RunTable:
     names: tuple[str, ...]
     source: str = "<memory>"
     warnings: tuple[str, ...] = field(default=())
+    pools: tuple[str, ...] = ()  # pool names of a multi-pool table, reference first
+    pool_tokens: np.ndarray | None = None  # (n, P) D_i
+    pool_unique: np.ndarray | None = None  # (n, P) U_i
+
+    def pool_columns(self, mask: np.ndarray) -> dict:
+        """The pool fields of the runs where `mask` is true, for building a sub-table."""
+        if not self.pools:
+            return {}
+        return {"pools": self.pools, "pool_tokens": self.pool_tokens[mask], "pool_unique": self.pool_unique[mask]}
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -51,7 +66,7 @@ class RunTable:
         mask = np.asarray(mask, dtype=bool)
         return RunTable(
             self.params[mask], self.tokens[mask], self.unique_tokens[mask], self.loss[mask],
-            tuple(n for n, keep in zip(self.names, mask) if keep), self.source,
+            tuple(n for n, keep in zip(self.names, mask) if keep), self.source, **self.pool_columns(mask),
         )
 
     def sha256(self) -> str:
@@ -59,14 +74,20 @@ class RunTable:
         digest = hashlib.sha256()
         for column in (self.params, self.tokens, self.unique_tokens, self.loss):
             digest.update(np.ascontiguousarray(column, dtype="<f8").tobytes())
+        if self.pools:  # a one-pool table hashes as it always did
+            digest.update(",".join(self.pools).encode())
+            for column in (self.pool_tokens, self.pool_unique):
+                digest.update(np.ascontiguousarray(column, dtype="<f8").tobytes())
         return digest.hexdigest()
 
     def to_columns(self) -> dict[str, list]:
-        """Plain columns (run, params, tokens, unique_tokens, loss) for writing out."""
-        return {
-            "run": list(self.names), "params": self.params.tolist(), "tokens": self.tokens.tolist(),
-            "unique_tokens": self.unique_tokens.tolist(), "loss": self.loss.tolist(),
-        }
+        """Plain columns (run, params, tokens, unique_tokens, per-pool columns, loss) for writing out."""
+        columns = {"run": list(self.names), "params": self.params.tolist(), "tokens": self.tokens.tolist(),
+                   "unique_tokens": self.unique_tokens.tolist()}
+        for j, pool in enumerate(self.pools):
+            columns[f"tokens.{pool}"] = self.pool_tokens[:, j].tolist()
+            columns[f"unique_tokens.{pool}"] = self.pool_unique[:, j].tolist()
+        return {**columns, "loss": self.loss.tolist()}
 
     @classmethod
     def from_columns(
@@ -80,8 +101,9 @@ class RunTable:
     ) -> "RunTable":
         """Validate raw columns into a table; InputError naming the row (`row_label` + its number) otherwise."""
         available = list(columns)
+        pools = _pool_names(available, source)
         for name in REQUIRED_COLUMNS:
-            if name not in columns:
+            if name not in columns and not (pools and name == "tokens"):
                 raise InputError(source, f"missing column {name!r} (columns: {', '.join(available)})")
         loss_name = _pick_loss_column(columns, loss_column, source)
         n_rows = len(columns["params"])
@@ -94,12 +116,14 @@ class RunTable:
             return f"{source} {row_label} {numbers[i]}"
 
         numeric = {
-            "params": _positive_column(columns["params"], "params", where),
-            "tokens": _positive_column(columns["tokens"], "tokens", where),
-            "loss": _positive_column(columns[loss_name], loss_name, where),
+            "params": _column(columns["params"], "params", where),
+            "loss": _column(columns[loss_name], loss_name, where),
         }
+        if pools:
+            return cls._with_pools(columns, numeric, pools, source, where, numbers, row_label)
+        numeric["tokens"] = _column(columns["tokens"], "tokens", where)
         if "unique_tokens" in columns:
-            numeric["unique_tokens"] = _positive_column(columns["unique_tokens"], "unique_tokens", where)
+            numeric["unique_tokens"] = _column(columns["unique_tokens"], "unique_tokens", where)
         else:
             numeric["unique_tokens"] = numeric["tokens"].copy()
         over = np.flatnonzero(numeric["unique_tokens"] > numeric["tokens"])
@@ -109,12 +133,61 @@ class RunTable:
                 where(i), f"unique_tokens = {numeric['unique_tokens'][i]:g} exceeds tokens = "
                 f"{numeric['tokens'][i]:g}; a run cannot see more unique tokens than it trains on"
             )
-        names = tuple(str(v) for v in columns["run"]) if "run" in columns else tuple(
-            f"{row_label}{number}" for number in numbers)
         return cls(
-            numeric["params"], numeric["tokens"], numeric["unique_tokens"], numeric["loss"], names, source,
-            tuple(_duplicate_warnings(numeric, where)),
+            numeric["params"], numeric["tokens"], numeric["unique_tokens"], numeric["loss"],
+            _run_names(columns, numbers, row_label), source, tuple(_duplicate_warnings(numeric, where)),
         )
+
+    @classmethod
+    def _with_pools(cls, columns, numeric, pools, source, where, numbers, row_label) -> "RunTable":
+        """A multi-pool table: D_i >= 0 drawn, U_i > 0 unique per pool (U_i = D_i when absent), some D_i > 0."""
+        drawn = np.column_stack([_column(columns[f"tokens.{p}"], f"tokens.{p}", where, allow_zero=True)
+                                 for p in pools])
+        unique = np.column_stack([
+            _column(columns[f"unique_tokens.{p}"], f"unique_tokens.{p}", where)
+            if f"unique_tokens.{p}" in columns else drawn[:, j] for j, p in enumerate(pools)])
+        empty = np.flatnonzero(drawn.sum(axis=1) <= 0)
+        if empty.size:
+            raise InputError(where(int(empty[0])), f"tokens.{pools[0]} ... tokens.{pools[-1]} are all 0; "
+                                                   f"a run draws tokens from at least one pool")
+        total = drawn.sum(axis=1)
+        if "tokens" in columns:
+            given = _column(columns["tokens"], "tokens", where)
+            off = np.flatnonzero(np.abs(given - total) > 1e-6 * total)
+            if off.size:
+                i = int(off[0])
+                raise InputError(where(i), f"tokens = {given[i]:g} is not the sum of the pools' tokens ({total[i]:g})")
+        numeric["tokens"] = total
+        numeric["unique_tokens"] = np.minimum(unique, drawn).sum(axis=1)
+        return cls(
+            numeric["params"], numeric["tokens"], numeric["unique_tokens"], numeric["loss"],
+            _run_names(columns, numbers, row_label), source, tuple(_duplicate_warnings(numeric, where)),
+            pools, drawn, unique,
+        )
+
+
+def _run_names(columns: Mapping[str, Sequence], numbers: Sequence[int], row_label: str) -> tuple[str, ...]:
+    if "run" in columns:
+        return tuple(str(v) for v in columns["run"])
+    return tuple(f"{row_label}{number}" for number in numbers)
+
+
+def _pool_names(available: Sequence[str], source: str) -> tuple[str, ...]:
+    """Pool names from `tokens.<pool>` columns in column order; InputError for a malformed or orphan pool column."""
+    pools = []
+    for name in available:
+        kind, dot, pool = name.partition(".")
+        if not dot or kind not in POOL_COLUMNS:
+            continue
+        check_pool_names([pool], f"{source} column {name!r}")
+        if kind == "tokens":
+            pools.append(pool)
+    for name in available:
+        kind, _, pool = name.partition(".")
+        if kind == "unique_tokens" and pool and pool not in pools:
+            raise InputError(f"{source} column {name!r}", f"pool {pool!r} has no tokens.{pool} column "
+                                                          f"(pools: {', '.join(pools) or 'none'})")
+    return tuple(pools)
 
 
 def _pick_loss_column(columns: Mapping[str, Sequence], requested: str | None, source: str) -> str:
@@ -131,7 +204,7 @@ def _pick_loss_column(columns: Mapping[str, Sequence], requested: str | None, so
     )
 
 
-def _positive_column(values: Sequence, name: str, where) -> np.ndarray:
+def _column(values: Sequence, name: str, where, allow_zero: bool = False) -> np.ndarray:
     out = np.empty(len(values), dtype=float)
     for i, raw in enumerate(values):
         try:
@@ -140,8 +213,8 @@ def _positive_column(values: Sequence, name: str, where) -> np.ndarray:
             raise InputError(where(i), f"{name} = {raw!r} is not a number") from None
         if not math.isfinite(value):
             raise InputError(where(i), f"{name} = {raw!r} is not finite")
-        if value <= 0:
-            raise InputError(where(i), f"{name} = {raw!r} must be > 0")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise InputError(where(i), f"{name} = {raw!r} must be {'>= 0' if allow_zero else '> 0'}")
         out[i] = value
     return out
 
@@ -171,6 +244,9 @@ def read_csv_runs(path: str | Path, *, loss_column: str | None = None) -> RunTab
             if not header:
                 raise InputError(str(path), "empty file (expected a header row with params, tokens, ...)")
             header = [h.strip() for h in header]
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise InputError(str(path), f"column {repeated[0]!r} appears more than once in the header")
             numbered = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except UnicodeDecodeError as err:
         raise InputError("runs file", f"{str(path)!r} is not UTF-8 text (byte offset {err.start}); is it a CSV file?") from None

@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from scaling.allocate import optimal_allocation, samples_arrays
+from scaling.allocate import allocation_records, optimal_allocation, samples_arrays
 from scaling.errors import InputError
 from scaling.laws import Law, predict_loss
 from scaling.runs import RunTable
@@ -65,6 +65,7 @@ SIZE_REACH = 4.0  # the ladder reaches this many times the largest N of the runs
 BUDGET_STEP = 2.0  # default unique-budget ladder: a factor of 2 apart
 NOISE_FLOOR = 1e-8  # s^2 at least (1e-4 in log-loss): no evaluation is more exact than that
 MIN_DRAWS = 10
+ANSWER = ("params", "tokens", "epochs", "loss")  # the quantities of the answer at the target, as records show them
 
 
 class Candidates(NamedTuple):
@@ -108,7 +109,11 @@ def size_ladder(table: RunTable, step: float = SIZE_STEP, reach: float = SIZE_RE
 
 def budget_ladder(table: RunTable, unique_tokens: float, step: float = BUDGET_STEP) -> np.ndarray:
     """Candidate unique budgets: `step` apart from the runs' smallest U up to the target U (kept exact)."""
-    low = float(table.unique_tokens.min())
+    return unique_ladder(float(table.unique_tokens.min()), unique_tokens, step)
+
+
+def unique_ladder(low: float, unique_tokens: float, step: float = BUDGET_STEP) -> np.ndarray:
+    """Unique budgets `step` apart from `low` up to `unique_tokens` (kept exact), rounded to 3 significant digits."""
     if unique_tokens < low:
         raise InputError("unique_tokens", f"{unique_tokens:g} is below the smallest candidate budget, the runs' "
                                           f"smallest U = {low:g}; suggestions need U >= {low:g}")
@@ -217,10 +222,38 @@ def batch_variance(targets: np.ndarray, predictions: np.ndarray, batch, noise: f
 
 
 def suggest(samples: np.ndarray, law: Law, table: RunTable, candidates: Candidates, flops: float,
-            unique_tokens: float, budget: float, count: int) -> Suggestion:
-    """The next runs for the target (C = `flops`, U): draws from `samples` (K, 7), noise from `law` on `table`."""
+            unique_tokens: float, budget: float, count: int, costs: np.ndarray | None = None) -> Suggestion:
+    """The next runs for the target (C = `flops`, U): draws from `samples` (K, 7), noise from `law` on `table`.
+
+    `costs` are the candidates' FLOPs as the budget counts them; default `candidates.flops` (6 N D).
+    """
     return choose_batch(target_draws(samples, flops, unique_tokens), candidate_draws(samples, candidates),
-                        candidates.flops, budget, count, noise_variance(law, table, samples))
+                        candidates.flops if costs is None else costs, budget, count, noise_variance(law, table, samples))
+
+
+def suggestion_record(samples: np.ndarray, law: Law, table: RunTable, candidates: Candidates, flops: float,
+                      unique_tokens: float, budget: float, count: int,
+                      costs: np.ndarray | None = None) -> tuple[Suggestion, dict]:
+    """The suggestion (as `suggest`) and its record: the target, the answer now with its intervals, the chosen
+    runs (params, tokens, unique_tokens, epochs, flops, gain), the expected intervals after them, the FLOPs used."""
+    costs = candidates.flops if costs is None else np.asarray(costs, dtype=float)
+    choice = suggest(samples, law, table, candidates, flops, unique_tokens, budget, count, costs)
+    now = allocation_records(law.full_params(), np.array([flops]), unique_tokens, samples)[0]
+    ratio = np.sqrt(choice.variance_after / np.where(choice.variance_now > 0, choice.variance_now, 1.0))
+    shrink = {"params": ratio[0], "tokens": ratio[0], "epochs": ratio[0], "loss": ratio[1]}
+    chosen = [{"params": float(candidates.params[i]), "tokens": float(candidates.tokens[i]),
+               "unique_tokens": float(candidates.unique_tokens[i]),
+               "epochs": float(candidates.tokens[i] / candidates.unique_tokens[i]),
+               "flops": float(costs[i]), "gain": float(gain)}
+              for i, gain in zip(choice.chosen, choice.gains)]
+    record = {
+        "target": {"flops": flops, "unique_tokens": unique_tokens},
+        "now": {**{key: now[key] for key in ANSWER}, "intervals": now["intervals"]},
+        "runs": chosen,
+        "expected_intervals": {key: expected_interval(now[key], now["intervals"][key], shrink[key]) for key in ANSWER},
+        "budget_used": float(sum(run["flops"] for run in chosen)),
+    }
+    return choice, record
 
 
 def expected_interval(point: float, interval, ratio: float) -> list[float]:

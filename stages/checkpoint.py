@@ -38,7 +38,8 @@ class ResumePoint(NamedTuple):
     skipped: list[str]
 
 
-def _name(step: int) -> str:
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint after `step`: `step-00000040`."""
     return f"step-{step:08d}"
 
 
@@ -90,10 +91,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int) -> Path:
-    """Write the checkpoint after `step` (all ranks call this) and keep the newest `keep` (at least two)."""
+def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int, pinned: frozenset[int] = frozenset()) -> Path:
+    """Write the checkpoint after `step` (all ranks call this) and keep the newest `keep` (at least two) and those
+    of the `pinned` steps (a trunk's branch points)."""
     folder = Path(run_dir) / FOLDER
-    final, work = folder / _name(step), folder / f".tmp-{_name(step)}"
+    final, work = folder / checkpoint_name(step), folder / f".tmp-{checkpoint_name(step)}"
     if ranks.is_main:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -108,7 +110,8 @@ def save(run_dir: Path, step: int, state: dict, engine, ranks: Ranks, keep: int)
         shutil.rmtree(final, ignore_errors=True)
         work.rename(final)
         for old in checkpoints(run_dir)[: -max(keep, KEPT_AT_LEAST)]:
-            shutil.rmtree(old)
+            if old.name not in {checkpoint_name(kept) for kept in pinned}:
+                shutil.rmtree(old)
     barrier()
     return final
 

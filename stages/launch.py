@@ -73,9 +73,10 @@ def check_resumable(config: RunConfig, run_dir: Path, world: int) -> None:
             )
 
 
-def prepare(config: RunConfig, data_path: Path, store: Path, world: int | None = None) -> Path:
-    """Check the run against its data and its checkpoints, and set up its directory (config saved, old failure cleared)."""
-    run_dir = run_path(config, data_path, store)
+def prepare(config: RunConfig, data_path: Path, store: Path, world: int | None = None, run_dir: Path | None = None) -> Path:
+    """Check the run against its data and its checkpoints, and set up its directory (config saved, old failure cleared);
+    the directory is `run_path`'s unless given (a WSD trunk's or branch's step folder)."""
+    run_dir = Path(run_dir) if run_dir is not None else run_path(config, data_path, store)
     check_fits_data(config, TokenData(data_path))
     check_resumable(config, run_dir, world or config.processes)
     write_run_config(config, run_dir)
@@ -92,12 +93,12 @@ def finish(run_dir: Path) -> Path:
     return Path(run_dir)
 
 
-def train(config: RunConfig, data_path: Path, store: Path, progress: Progress | None = None) -> Path:
-    """Train and evaluate one run (or reuse the finished one); return its run directory."""
-    run_dir = run_path(config, data_path, store)
+def train(config: RunConfig, data_path: Path, store: Path, progress: Progress | None = None, run_dir: Path | None = None) -> Path:
+    """Train and evaluate one run (or reuse the finished one) in `run_path`'s directory, or `run_dir`; return the directory."""
+    run_dir = Path(run_dir) if run_dir is not None else run_path(config, data_path, store)
     if is_complete(run_dir):
         return run_dir
-    run_dir = prepare(config, data_path, store)
+    run_dir = prepare(config, data_path, store, run_dir=run_dir)
     if config.processes == 1 and config.backend == "torch":
         train_loop(config, data_path, run_dir, progress)
     else:

@@ -1,7 +1,8 @@
 """Per-step metrics of a run: a JSONL file that is the record, MFU against the device's peak, a W&B mirror.
 
 `metrics.jsonl` has one line per logged step (loss, lr, tokens seen, epoch, tokens/s, MFU when the
-peak is known). A resumed run first cuts the file back to its checkpoint's step, so the file of a
+peak is known); `val_curve.jsonl` one line per validation during the run (`curve_evals` of them,
+at `curve_steps`: step, tokens, val_loss). Together they are the run's loss curve. A resumed run first cuts the file back to its checkpoint's step, so the file of a
 run that was interrupted equals that of one that was not (timings aside).
 """
 
@@ -18,6 +19,7 @@ from scaling.atomic import write_text_atomic
 from stages.run_config import WandbConfig
 
 METRICS = "metrics.jsonl"
+VAL_CURVE = "val_curve.jsonl"
 
 # Dense bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (no sparsity).
 BF16_PEAK_FLOPS = {
@@ -43,10 +45,10 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 class MetricsLog:
-    """Appends metric records to `<run>/metrics.jsonl`, cut back to `resume_step` first."""
+    """Appends metric records to `<run>/metrics.jsonl` (or another of its step logs), cut back to `resume_step` first."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        self.path = Path(run_dir) / METRICS
+    def __init__(self, run_dir: Path, resume_step: int | None, name: str = METRICS):
+        self.path = Path(run_dir) / name
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines(keepends=True) if _step(line) <= (resume_step or 0)]
             write_text_atomic(self.path, "".join(kept) if resume_step is not None else "")
@@ -62,6 +64,21 @@ class MetricsLog:
         self.handle.close()
 
 
+def curve_steps(steps: int, evals: int) -> list[int]:
+    """The steps of a `steps`-step run after which it is validated for its loss curve: `evals` evenly spaced ones
+    before its last step (whose validation is the run's result)."""
+    return sorted({round(steps * k / (evals + 1)) for k in range(1, evals + 1)} - {0, steps})
+
+
+def copy_prefix(source_dir: Path, run_dir: Path, step: int, curve_at: set[int]) -> None:
+    """Start `run_dir`'s step logs with `source_dir`'s lines up to `step`, its validations only at `curve_at` (a
+    branch's curve begins as its trunk's)."""
+    for name, wanted in ((METRICS, lambda at: at <= step), (VAL_CURVE, lambda at: at <= step and at in curve_at)):
+        source = Path(source_dir) / name
+        lines = source.read_text().splitlines(keepends=True) if source.exists() else []
+        write_text_atomic(Path(run_dir) / name, "".join(line for line in lines if wanted(_step(line))))
+
+
 def _step(line: str) -> int:
     try:
         return int(json.loads(line)["step"])
@@ -69,9 +86,9 @@ def _step(line: str) -> int:
         return 1 << 62  # a torn last line from a kill: dropped
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The metric records of a run."""
-    path = Path(run_dir) / METRICS
+def read_metrics(run_dir: Path, name: str = METRICS) -> list[dict]:
+    """The metric records of a run (or the records of another of its step logs)."""
+    path = Path(run_dir) / name
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 

@@ -74,6 +74,7 @@ class RunRecord(BaseModel):
     resumed_at: list[int] = Field(default_factory=list, description="steps the run resumed from checkpoints at")
     wandb_dir: str | None = Field(None, description="the W&B mirror's run folder, if mirrored")
     notes: list[str] = Field(default_factory=list, description="what went wrong on the way and was recovered from (damaged checkpoints skipped)")
+    trunk: str | None = Field(None, description="a WSD branch's trunk (`trunk/<name>-<hash>`), whose checkpoint it started its cooldown from")
 
     def params_for(self, kind: str) -> int:
         """N as a fit counts it: `non_embedding` (default) or `total`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from scaling.units import format_quantity
 from stages.contamination import WINDOW
 from stages.record import RunFailure, RunRecord
 from stages.repetition import repetition_markdown
+from stages.suggest import ROUNDS, answer_at, round_rows, rounds_markdown
 
 ALLOCATION = "allocation.csv"
 REPORT = "report.md"
@@ -121,11 +123,13 @@ def _plot_frontier(plt, rows: list[dict], path: Path) -> None:
 
 
 def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailure], out_dir: Path,
-                 contamination: dict[int, float] | None = None) -> Path:  # fmt: skip
+                 contamination: dict[int, float] | None = None, rounds: list[dict] | None = None) -> Path:  # fmt: skip
     """Write the allocation table, the plots and report.md next to each other; return report.md.
 
     `contamination` maps each unique budget to the share of validation windows its training tokens hold
-    (`stages.contamination.shares_at`); the report shows it when given.
+    (`stages.contamination.shares_at`); the report shows it when given. `rounds` are the suggestions of
+    an active study (`stages.suggest`), in order: the report then shows the answer at their target per
+    round (and writes it to `rounds.json`).
     """
     import matplotlib
 
@@ -141,9 +145,19 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
     _plot_fit(plt, law, records, params_kind, out_dir / PLOTS["fit"])
     _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
+    study = _rounds_markdown(law_path, rounds, records, out_dir) if rounds else ""
     text = _markdown(law, document, records, failed, rows) + repetition_markdown(law, records, params_kind)
-    write_text_atomic(out_dir / REPORT, text + contamination_markdown(contamination))
+    write_text_atomic(out_dir / REPORT, text + contamination_markdown(contamination) + study)
     return out_dir / REPORT
+
+
+def _rounds_markdown(law_path: Path, rounds: list[dict], records: list[RunRecord], out_dir: Path) -> str:
+    """Write `rounds.json` (the answer at the target per round) and return the report's section on it."""
+    target = rounds[0]["target"]
+    final = answer_at(law_path, target["flops"], target["unique_tokens"])
+    table = round_rows(rounds, final, len(records), float(sum(record.flops for record in records)))
+    write_text_atomic(out_dir / ROUNDS, json.dumps({"target": target, "rounds": table}, indent=2) + "\n")
+    return rounds_markdown(table, target)
 
 
 def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFailure], rows: list[dict]) -> str:

@@ -14,19 +14,39 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scaling.errors import InputError
 from stages.fields import Count, StoreName
 from stages.shapes import ModelConfig
-from stages.schedule import Schedule
+from stages.schedule import COOLDOWN_SHAPES, Schedule, WsdSchedule, cooldown_start_step
 
 # Fields that change how a run is carried out, not what it computes: kept out of the run's hash.
-OPERATIONAL_FIELDS = {"processes", "micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "eval_batch_size", "wandb"}
+OPERATIONAL_FIELDS = {"processes", "micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "eval_batch_size", "wandb",
+                      "curve_evals"}
+WSD_FIELDS = ("schedule", "warmup_tokens", "cooldown", "cooldown_shape")
+"""Optimizer fields of the WSD schedule: left out of a cosine run's hash, so cosine hashes stay as they were."""
+COOLDOWN_FIELDS = ("cooldown", "cooldown_shape", "final_lr_ratio")
+"""Optimizer fields that shape only a WSD run's cooldown: a trunk's hash leaves them out."""
 
 
 class OptimizerConfig(BaseModel):
-    """AdamW with linear warmup and cosine decay to `final_lr_ratio` of the peak at D."""
+    """AdamW with linear warmup, then cosine decay or warmup-stable-decay to `final_lr_ratio` of the peak at D
+    (`stages.schedule`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate")
-    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the run's D tokens spent warming up")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="cosine: warmup then cosine decay over D; wsd: warmup, constant rate, cooldown over the run's end "
+        "(runs differing only in D share a trunk, Hägele et al. 2024)"
+    )
+    warmup: float = Field(0.05, ge=0, lt=1, description="cosine: fraction of the run's D tokens spent warming up")
+    warmup_tokens: Count | None = Field(
+        None, description="wsd (required): tokens of linear warmup, the same for every D so that runs of different D share it"
+    )
+    cooldown: float = Field(
+        0.2, ge=0, lt=1, description="wsd: fraction of the run's steps spent cooling down at its end; 0.2 with 1-sqrt matches cosine "
+        "(Hägele et al. 2024, 'Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations')"
+    )
+    cooldown_shape: Literal[COOLDOWN_SHAPES] = Field(
+        "1-sqrt", description="wsd: how the rate falls over the cooldown, p from 0 to 1: linear 1-p, 1-sqrt 1-sqrt(p), cosine (1+cos(pi p))/2"
+    )
     final_lr_ratio: float = Field(0.1, ge=0, le=1, description="the rate at D as a fraction of the peak")
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -76,6 +96,9 @@ class RunConfig(BaseModel):
     log_every: int = Field(1, ge=1, description="steps between metric lines (and divergence checks)")
     eval_tokens: Count | None = Field(None, description="use the first eval_tokens validation tokens; default: all")
     eval_batch_size: int = Field(16, ge=1, description="sequences per rank per evaluation forward pass")
+    curve_evals: int = Field(
+        3, ge=0, le=100, description="validation losses during the run (its loss curve), at evenly spaced steps; 0: only the final one"
+    )
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")
@@ -98,7 +121,17 @@ class RunConfig(BaseModel):
             raise InputError("eval_tokens", f"{self.eval_tokens} must exceed seq_len {self.seq_len}")
         if self.backend == "deepspeed" and self.compile:
             raise InputError("compile", "true is only supported with backend torch")
+        if self.optimizer.schedule == "wsd":
+            self._check_wsd()
         return self
+
+    def _check_wsd(self) -> None:
+        warmup = self.optimizer.warmup_tokens
+        if warmup is None:
+            raise InputError("optimizer.warmup_tokens", "is required with schedule wsd: the warmup in tokens, the same for every D")
+        if warmup > self.cooldown_start_step * self.batch_tokens:
+            raise InputError("optimizer.warmup_tokens", f"{warmup} runs past the cooldown start of a {self.tokens}-token run "
+                             f"(token {self.cooldown_start_step * self.batch_tokens}); lower it or lower optimizer.cooldown")
 
     def check_world(self, world: int) -> None:
         """ValueError unless a step's sequences split evenly into `world` ranks of whole micro-batches."""
@@ -121,11 +154,30 @@ class RunConfig(BaseModel):
         """Sequences per optimiser step, all ranks together."""
         return self.batch_tokens // self.seq_len
 
-    def schedule(self) -> Schedule:
+    @property
+    def steps(self) -> int:
+        """Optimiser steps of the run: D / batch_tokens."""
+        return self.tokens // self.batch_tokens
+
+    @property
+    def cooldown_start_step(self) -> int:
+        """The step a WSD run's cooldown starts after (its trunk's branch point); the last step for cosine."""
+        if self.optimizer.schedule != "wsd":
+            return self.steps
+        return cooldown_start_step(self.steps, self.optimizer.cooldown)
+
+    def schedule(self) -> Schedule | WsdSchedule:
         """The learning-rate schedule over exactly this run's D tokens."""
         opt = self.optimizer
+        if opt.schedule == "wsd":
+            start = self.cooldown_start_step * self.batch_tokens
+            return WsdSchedule(opt.lr, opt.warmup_tokens, self.tokens, start, opt.final_lr_ratio, opt.cooldown_shape)
         return Schedule(opt.lr, int(round(opt.warmup * self.tokens)), self.tokens, opt.final_lr_ratio)
 
     def hashed(self) -> dict:
-        """The part of the config that determines the run's numbers (operational fields left out)."""
-        return self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
+        """The part of the config that determines the run's numbers (operational fields left out; a cosine
+        run's hash leaves out the WSD fields, so it is what it was before WSD existed)."""
+        hashed = self.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
+        if self.optimizer.schedule == "cosine":
+            hashed["optimizer"] = {key: value for key, value in hashed["optimizer"].items() if key not in WSD_FIELDS}
+        return hashed

@@ -9,9 +9,14 @@ loss turns NaN or infinite stops at once and writes `failed.json` (step and reas
 Run directory, `<store>/train/<name>-<hash>/` (the hash covers the run's numbers-relevant config
 and the tokenize artifact's hash):
   run_config.json   the resolved config       metrics.jsonl   one line per logged step
-  checkpoints/      the latest checkpoints    run.json        the run record (success only)
-  wandb/            the W&B mirror            failed.json     step and reason of a divergence
-  SUCCESS           written last, by the launcher
+  checkpoints/      the latest checkpoints    val_curve.jsonl validation losses during the run
+  wandb/            the W&B mirror            run.json        the run record (success only)
+  SUCCESS           written last, by the launcher             failed.json     step and reason of a divergence
+  trunk.json, branch.json   a WSD trunk's stops, a branch's trunk (`stages.lineage`)
+
+A WSD trunk is such a run that also keeps a checkpoint at each stop; a branch starts from one of
+its trunk's checkpoints (as if resumed there: the same batches, rates and optimiser state as a run
+from scratch would have), with its log starting as its trunk's, and records its trunk.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from stages.artifacts import step_hash
 from stages.data import TokenData
 from stages.engines import make_engine, precision_of
 from stages.evaluate import validation_loss
-from stages.metrics import MetricsLog, WandbMirror, peak_flops
+from stages.lineage import read_lineage
+from stages.metrics import VAL_CURVE, MetricsLog, WandbMirror, copy_prefix, curve_steps, peak_flops
 from stages.model import Transformer, token_losses
 from stages.record import RECORD, RunRecord, ShapeRecord
 from stages.run_config import RunConfig
@@ -130,18 +136,30 @@ def _train(
     model = Transformer(shape).to(ranks.device)
     engine = teardown.enter_context(contextlib.closing(make_engine(model, config, ranks, micro_steps, micro_batch, token_losses)))
 
+    lineage = read_lineage(run_dir)
     resume, skipped = checkpoint.resume_point(run_dir)
     for note in skipped:
         warnings.warn(f"{run_dir.name}: {note}", stacklevel=1)
-    state = checkpoint.load(resume, engine, ranks) if resume else {"step": 0, "train_seconds": 0.0, "resumed_at": []}
+    if resume:
+        state = checkpoint.load(resume, engine, ranks)
+    elif lineage.trunk:  # a branch: from its trunk's checkpoint at its cooldown start
+        state = checkpoint.load(lineage.origin(), engine, ranks)
+    else:
+        state = {"step": 0, "train_seconds": 0.0, "resumed_at": []}
     notes = [*state.get("notes", []), *skipped]
     start_step = state["step"]
     resumed_at = [*state["resumed_at"], start_step] if resume else []
+    curve_at = set(curve_steps(sampler.num_steps, config.curve_evals) if lineage.evals is None else lineage.evals)
+    validation = data.validation()[: config.eval_tokens]
 
     peak = peak_flops(ranks.device, precision_of(config, ranks.device))
     flops_per_token = shape.flops_per_token
-    identity = run_hash(config, data)
-    log = MetricsLog(run_dir, start_step if resume else None) if ranks.is_main else None
+    identity = lineage.run_hash or run_hash(config, data)
+    if ranks.is_main and lineage.trunk and not resume:
+        copy_prefix(lineage.trunk_dir, run_dir, start_step, curve_at)
+    logged_to = start_step if resume or lineage.trunk else None
+    log = MetricsLog(run_dir, logged_to) if ranks.is_main else None
+    val_log = MetricsLog(run_dir, logged_to, VAL_CURVE) if ranks.is_main else None
     mirror = None
     if ranks.is_main and config.wandb.mode != "disabled":
         mirror = WandbMirror(config.wandb, run_dir, config.name, identity, {**config.hashed(), "params": shape.params.total})
@@ -166,7 +184,17 @@ def _train(
         grad_norm = engine.finish_step()
         window_tokens += step_tokens
         done = batch.step + 1
-        checkpoint_now = bool(config.checkpoint_every) and done % config.checkpoint_every == 0 and done < sampler.num_steps
+        if done in curve_at:  # a point of the loss curve; its time is left out of the training time
+            paused = time.perf_counter()
+            val_point = {"step": done, "tokens": done * config.batch_tokens,
+                         "val_loss": validation_loss(model, validation, config.seq_len, config.eval_batch_size, ranks, autocast)[0]}  # fmt: skip
+            if ranks.is_main:
+                val_log.write(val_point)
+                if mirror:
+                    mirror.log(val_point)
+            window_start += time.perf_counter() - paused
+        periodic = bool(config.checkpoint_every) and done % config.checkpoint_every == 0
+        checkpoint_now = (periodic or done in lineage.stops) and done < sampler.num_steps
         if done % config.log_every and done != sampler.num_steps and not checkpoint_now:
             continue  # checkpoint steps are logged too: the checkpoint keeps the loss of its step
         grad_norm = float(grad_norm)  # on a GPU, this and the loss below are the loop's only waits for the device
@@ -197,14 +225,13 @@ def _train(
                 progress(record, sampler.num_steps)
         if checkpoint_now:
             extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss, "notes": notes}
-            checkpoint.save(run_dir, done, extra, engine, ranks, config.keep_checkpoints)
+            checkpoint.save(run_dir, done, extra, engine, ranks, config.keep_checkpoints, lineage.stops)
             window_start = time.perf_counter()
 
     if start_step < sampler.num_steps or resume is None:
         extra = {"train_seconds": train_seconds, "resumed_at": resumed_at, "train_loss": last_loss, "notes": notes}
-        checkpoint.save(run_dir, sampler.num_steps, extra, engine, ranks, config.keep_checkpoints)
+        checkpoint.save(run_dir, sampler.num_steps, extra, engine, ranks, config.keep_checkpoints, lineage.stops)
 
-    validation = data.validation()[: config.eval_tokens]
     val_loss, val_tokens = validation_loss(model, validation, config.seq_len, config.eval_batch_size, ranks, autocast)
     if not math.isfinite(val_loss):
         _fail(run_dir, ranks, sampler.num_steps, f"validation loss is {val_loss}", mirror, log)
@@ -245,10 +272,12 @@ def _train(
         resumed_at=resumed_at,
         wandb_dir=mirror.directory if mirror else None,
         notes=notes,
+        trunk=lineage.trunk,
     )
     if mirror:
         mirror.finish(record.model_dump(mode="json"))
     log.close()
+    val_log.close()
     write_text_atomic(run_dir / RECORD, record.to_json())
     return record
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +44,23 @@ def finished(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{sweeps.RUNS} of {sweeps.RUNS} runs succeeded" in result.stdout
     return store
+
+
+@pytest.fixture(scope="module")
+def one_thread_module() -> Iterator[None]:
+    """One torch thread for a whole test module (OMP_NUM_THREADS=1 and torch.set_num_threads(1)), restored after it:
+    an in-process run, a subprocess and each torchrun rank then do the same float operations in the same order."""
+    import torch
+
+    saved_env, saved_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved_threads)
+    if saved_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved_env
 
 
 @pytest.fixture

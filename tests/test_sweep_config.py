@@ -245,13 +245,13 @@ BAD = [
     # unknown keys, at several levels
     ({"sede": 1}, "sede: unknown setting; allowed: name, store, data, models, grid, seeds, train, resources, fit, wandb"),
     ({"train.lr": 0.1}, "train.lr: unknown setting; allowed: seq_len, batch_tokens, micro_batch_size, optimizer, backend, "
-     "zero_stage, precision, device, compile, processes, checkpoint_every, keep_checkpoints, log_every, eval_tokens, eval_batch_size"),
+     "zero_stage, precision, device, compile, processes, checkpoint_every, keep_checkpoints, log_every, eval_tokens, eval_batch_size, curve_evals"),
     ({"grid.epoch": [1]}, "grid.epoch: unknown setting; allowed: models, unique_tokens, epochs, flops"),
     ({"models.0.depth": 2}, "models.0.depth: unknown setting; allowed: params, layers, width, heads, mlp_ratio, positions, "
      "tie_embeddings, name, train, resources"),
     ({"fit": {"bootstraps": 10}}, "fit.bootstraps: unknown setting; allowed: law, base, method, params, bootstrap, seed, "
      "tie_exponents, fix, bounds"),
-    ({"models.1.train": {"optimizer": {"lrr": 0.1}}}, "models.1.train.optimizer.lrr: unknown setting; allowed: lr, warmup, "
+    ({"models.1.train": {"optimizer": {"lrr": 0.1}}}, "models.1.train.optimizer.lrr: unknown setting; allowed: lr, schedule, warmup, warmup_tokens, cooldown, cooldown_shape, "
      "final_lr_ratio, weight_decay, beta1, beta2, eps, grad_clip"),
     ({"wandb": {"projekt": "x"}}, "wandb.projekt: unknown setting; allowed: mode, project, entity"),
     # wrong types, missing sections

@@ -14,16 +14,20 @@ from rich.table import Table
 from pipeline.cli import app, store_runs
 from pipeline.tables import read_runs
 from scaling.allocate import (
-    least_compute, loss_floor, optimal_allocation, repetition_blind_allocation, samples_arrays, saturation_epochs,
+    allocation_records, least_compute, loss_floor, repetition_blind_allocation, saturation_epochs,
     allocate as allocate_law,
 )
 from scaling.atomic import write_text_atomic
-from scaling.bootstrap import percentile_interval
 from scaling.errors import InputError
 from scaling.extrapolation import PRESET_RANGES, outside_range
-from scaling.fit import FitResult, FitSpec
+from scaling.fit import FitSpec
 from scaling.laws import PRESETS, BaseLaw, Law, preset
-from scaling.lawfile import bootstrap_samples, dumps, fit_law_document, read_law
+from scaling.lawfile import (
+    bootstrap_samples, dumps, fit_law_document, fit_pool_law_document, pool_bootstrap_samples, read_law,
+)
+from scaling.pool_allocate import PAYS_SHARE, pays_from, pool_allocation_records
+from scaling.pool_fit import PoolFitSpec
+from scaling.pool_laws import POOL_LAWS, PoolLaw
 from scaling.units import format_quantity, parse_quantity
 
 out = Console()
@@ -72,6 +76,14 @@ class ChosenLaw(NamedTuple):
     document: dict | None
     label: str
     fitted: dict | None
+
+
+def _one_pool_law(chosen: ChosenLaw) -> ChosenLaw:
+    """`chosen` itself; InputError when it is a pool law, which only `dcsl allocate --unique-tokens POOL=U` answers."""
+    if isinstance(chosen.law, PoolLaw):
+        raise InputError("--law", f"{chosen.label} is a {chosen.law.name} law over pools "
+                                  f"{', '.join(chosen.law.pools)}; ask `dcsl allocate --unique-tokens POOL=U ...`")
+    return chosen
 
 
 def _choose_law(law_file: Path | None, preset_name: str | None, default: str = "c4") -> ChosenLaw:
@@ -143,7 +155,7 @@ def _read_table(runs: Path | None, loss_column: str | None, wandb_project: str |
 @app.command("fit")
 def fit_command(
     runs: Optional[Path] = typer.Argument(None, help="Run table (.csv or .parquet): params, tokens, unique_tokens, val_loss|loss; or a store folder."),
-    law: str = typer.Option("data-constrained", "--law", help="data-constrained or base."),
+    law: str = typer.Option("data-constrained", "--law", help=f"data-constrained, base, or a pool law ({', '.join(POOL_LAWS)}) for tables with tokens.<pool> columns."),
     base_preset: str = typer.Option(None, "--base-preset", help=f"Fix the base law to a preset ({', '.join(PRESETS)}); fit R_D*, R_N*."),
     base: Path = typer.Option(None, "--base", help="Fix the base law to a previous fit (law.json); fit R_D*, R_N*."),
     joint: bool = typer.Option(False, "--joint", help="Fit all seven parameters at once."),
@@ -161,15 +173,24 @@ def fit_command(
     wandb_key: list[str] = typer.Option([], "--wandb-key", help="Summary/config key of a column, COLUMN=KEY (params, tokens, unique_tokens, loss). Repeatable."),
 ) -> None:
     """Fit the scaling law to logged runs (a CSV or Parquet table, a store, or a W&B project) and write law.json."""
-    spec, base_source = _fit_spec(law, base_preset, base, joint, fix, bound, tie_exponents)
-    threshold = None if extrapolate_above is None else parse_quantity(extrapolate_above, "--extrapolate-above")
+    if law in POOL_LAWS:
+        if fix or bound or tie_exponents or extrapolate_above is not None:
+            raise InputError(f"--law {law}", "--fix, --bound, --tie-exponents and --extrapolate-above apply to one-pool laws only")
+        pool_spec, base_source = _pool_fit_spec(law, base_preset, base, joint)
+    else:
+        spec, base_source = _fit_spec(law, base_preset, base, joint, fix, bound, tie_exponents)
+        threshold = None if extrapolate_above is None else parse_quantity(extrapolate_above, "--extrapolate-above")
     table = _read_table(runs, loss_column, wandb_project, filters, wandb_key)
     for warning in table.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with err.status("fitting", spinner="dots") as status:
-        result, document = fit_law_document(table, spec, resamples=bootstrap_resamples, seed=seed,
-                                            extrapolate_above=threshold, base_source=base_source,
-                                            on_stage=status.update)
+        if law in POOL_LAWS:
+            result, document = fit_pool_law_document(table, pool_spec, resamples=bootstrap_resamples, seed=seed,
+                                                     base_source=base_source, on_stage=status.update)
+        else:
+            result, document = fit_law_document(table, spec, resamples=bootstrap_resamples, seed=seed,
+                                                extrapolate_above=threshold, base_source=base_source,
+                                                on_stage=status.update)
     text = dumps(document)
     if out_path is not None:
         write_text_atomic(out_path, text)
@@ -179,7 +200,16 @@ def fit_command(
     _print_fit_summary(result, document, out_path)
 
 
-def _print_fit_summary(result: FitResult, document: dict, out_path: Path | None) -> None:
+def _pool_fit_spec(law: str, base_preset: str | None, base_file: Path | None, joint: bool) -> tuple[PoolFitSpec, str | None]:
+    """The spec of a pool-law fit: the base law fixed (--base-preset / --base) or fitted too (--joint)."""
+    base, source = _fixed_base(base_preset, base_file)
+    if joint == (base is not None):
+        raise InputError(f"--law {law}", "give a base law to hold fixed (--base-preset NAME or --base law.json) "
+                                         "or --joint to fit it too (one of them)")
+    return PoolFitSpec(law, base), source
+
+
+def _print_fit_summary(result, document: dict, out_path: Path | None) -> None:
     table = Table(title=f"{document['law']} law, {document['method']} fit on {document['n_runs']} runs")
     table.add_column("parameter")
     table.add_column("value", justify="right")
@@ -191,8 +221,7 @@ def _print_fit_summary(result: FitResult, document: dict, out_path: Path | None)
         note = "fixed" if name in document["fixed"] else ("on bound" if name in document["at_bounds"] else "")
         row = [name, f"{value:.6g}"]
         if intervals:
-            lo, hi = intervals[name]
-            row.append("" if note == "fixed" else f"[{lo:.4g}, {hi:.4g}]")
+            row.append(f"[{intervals[name][0]:.4g}, {intervals[name][1]:.4g}]" if name in intervals else "")
         table.add_row(*row, note)
     out.print(table)
     d = document["diagnostics"]
@@ -208,30 +237,18 @@ def _print_fit_summary(result: FitResult, document: dict, out_path: Path | None)
                   f"{ex['n_held_out']} held out: RMSE {ex['rmse_loss']:.4g}, max |error| {ex['max_abs_error']:.4g}, "
                   f"mean |relative error| {100 * ex['mean_abs_relative_error']:.2f}%")
     if document["at_bounds"]:
-        err.print(f"[yellow]warning:[/] {', '.join(document['at_bounds'])} ended on the search bound; "
-                  f"widen it with --bound NAME=LOW:HIGH", highlight=False, soft_wrap=True)
+        remedy = ("the pool laws' box is fixed (scaling.pool_fit.OWN_BOUNDS)" if document["law"] in POOL_LAWS
+                  else "widen it with --bound NAME=LOW:HIGH")
+        err.print(f"[yellow]warning:[/] {', '.join(document['at_bounds'])} ended on the search bound; {remedy}",
+                  highlight=False, soft_wrap=True)
     if out_path is not None:
         out.print(f"wrote {out_path}")
-
-
-def _allocation_record(params: dict, flops: np.ndarray, unique: float, samples: np.ndarray | None) -> list[dict]:
-    best = optimal_allocation(params, flops, unique)
-    records = [{"flops": float(c), "unique_tokens": unique, "params": float(n), "tokens": float(d),
-                "epochs": float(e), "loss": float(l)}
-               for c, n, d, e, l in zip(flops, best.params, best.tokens, best.epochs, best.loss)]
-    if samples is not None:
-        spread = optimal_allocation(samples_arrays(samples), flops[None, :], unique)
-        for key in ("params", "tokens", "epochs", "loss"):
-            lo, hi = percentile_interval(getattr(spread, key))
-            for record, a, b in zip(records, lo, hi):
-                record.setdefault("intervals", {})[key] = [float(a), float(b)]
-    return records
 
 
 @app.command("allocate")
 def allocate_command(
     flops: list[str] = typer.Option([], "--flops", help="Compute budget C in FLOPs (1e22, 1.5e21, 25B...). Repeat it or separate values by commas for a table."),
-    unique_tokens: str = typer.Option(..., "--unique-tokens", help="Unique tokens U available."),
+    unique_tokens: list[str] = typer.Option(..., "--unique-tokens", help="Unique tokens U available; for a multi-pool law POOL=U, once per pool."),
     target_loss: float = typer.Option(None, "--target-loss", help="Instead of --flops: the least compute that reaches this loss under U."),
     law_file: LawFile = None,
     preset_name: PresetName = None,
@@ -240,17 +257,23 @@ def allocate_command(
     """Optimal model size, tokens and epochs for a compute budget under a unique-data budget."""
     chosen = _choose_law(law_file, preset_name)
     law, document, label = chosen.law, chosen.document, chosen.label
-    unique = parse_quantity(unique_tokens, "--unique-tokens")
+    if isinstance(law, PoolLaw):
+        if target_loss is not None:
+            raise InputError("--target-loss", f"applies to one-pool laws; {label} is a {law.name} law")
+        _allocate_pools(chosen, _parse_budgets(flops), _pool_budgets(law, unique_tokens), as_json)
+        return
+    if len(unique_tokens) != 1 or "=" in unique_tokens[0]:
+        raise InputError("--unique-tokens", f"{' '.join(unique_tokens)!r}: a one-pool law ({label}) takes one number; "
+                                            f"POOL=U is for a multi-pool law.json")
+    unique = parse_quantity(unique_tokens[0], "--unique-tokens")
     if target_loss is not None:
         if flops:
             raise InputError("--target-loss and --flops", "give one of them, not both")
         _least_compute(law, target_loss, unique, label, as_json)
         return
-    if not flops:
-        raise InputError("--flops", "give at least one compute budget (or --target-loss)")
-    budgets = np.array([parse_quantity(c, "--flops") for item in flops for c in item.split(",")])
+    budgets = _parse_budgets(flops)
     samples = bootstrap_samples(document) if document else None
-    records = _allocation_record(law.full_params(), budgets, unique, samples)
+    records = allocation_records(law.full_params(), budgets, unique, samples)
     blind = repetition_blind_allocation(law, budgets, unique)
     for i, record in enumerate(records):
         record["base_law"] = {key: float(np.asarray(value)[i]) for key, value in blind.items()}
@@ -275,6 +298,69 @@ def allocate_command(
             spread.add_row(f"{r['flops']:.3g}", *("–".join(_fmt(key, v, compact=True) for v in r["intervals"][key])
                                                  for key in ("params", "tokens", "epochs", "loss")))
         out.print(spread)
+
+
+def _parse_budgets(flops: list[str]) -> np.ndarray:
+    if not flops:
+        raise InputError("--flops", "give at least one compute budget (or --target-loss)")
+    return np.array([parse_quantity(c, "--flops") for item in flops for c in item.split(",")])
+
+
+def _pool_budgets(law: PoolLaw, items: list[str]) -> np.ndarray:
+    """U_i per pool of `law`, in its order, from POOL=U items: every pool once, no other."""
+    given = {}
+    for item in items:
+        pool, value = _parse_assignment(item, "--unique-tokens")
+        if pool not in law.pools:
+            raise InputError("--unique-tokens", f"pool {pool!r} is not in the law; its pools are {', '.join(law.pools)}")
+        if pool in given:
+            raise InputError("--unique-tokens", f"pool {pool!r} is given twice")
+        given[pool] = parse_quantity(value, f"--unique-tokens {pool}")
+    missing = [pool for pool in law.pools if pool not in given]
+    if missing:
+        raise InputError("--unique-tokens", f"no budget for pool {missing[0]!r}; give POOL=U for each of {', '.join(law.pools)}")
+    return np.array([given[pool] for pool in law.pools])
+
+
+def _allocate_pools(chosen: ChosenLaw, budgets: np.ndarray, unique: np.ndarray, as_json: bool) -> None:
+    """Print the optimal N, D_i and epochs_i per compute budget, and from which compute each pool pays."""
+    law = chosen.law
+    samples = pool_bootstrap_samples(chosen.document) if chosen.document else None
+    records = pool_allocation_records(law, budgets, unique, samples)
+    for record in records:
+        _warn_outside(chosen, record)
+    pays = pays_from(law, unique)
+    if as_json:
+        answer = {"law": law.name, "reference_pool": law.pools[0], "allocations": records,
+                  "pays_from_flops": {pool: (c if np.isfinite(c) else None) for pool, c in pays.items()}}
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    budget_text = ", ".join(f"{pool} {format_quantity(u)}" for pool, u in zip(law.pools, unique))
+    table = Table(title=f"Optimal allocation across pools (unique tokens: {budget_text}; {chosen.label})")
+    table.add_column("C (FLOPs)", justify="right")
+    table.add_column("N", justify="right")
+    for pool in law.pools:
+        table.add_column(f"D {pool}", justify="right")
+        table.add_column(f"epochs {pool}", justify="right")
+    table.add_column("loss", justify="right")
+    for r in records:
+        cells = [_fmt(key, r["pools"][pool][key]) for pool in law.pools for key in ("tokens", "epochs")]
+        table.add_row(f"{r['flops']:.3g}", _fmt("params", r["params"]), *cells, _fmt("loss", r["loss"]))
+    out.print(table)
+    if samples is not None:
+        spread = Table(title="95% bootstrap intervals of the optimum")
+        for column in ("C (FLOPs)", "N", *(f"D {pool}" for pool in law.pools), "loss"):
+            spread.add_column(column, justify="right")
+        for r in records:
+            ranges = [r["intervals"]["params"], *(r["intervals"]["pools"][pool]["tokens"] for pool in law.pools)]
+            spread.add_row(f"{r['flops']:.3g}", *("–".join(_fmt("params", v, compact=True) for v in pair) for pair in ranges),
+                           "–".join(_fmt("loss", v, compact=True) for v in r["intervals"]["loss"]))
+        out.print(spread)
+    for pool, c in pays.items():
+        if np.isfinite(c):
+            out.print(f"pool {pool} starts to pay (gets >= {PAYS_SHARE:.1%} of the optimal tokens) from C = {c:.4g} FLOPs")
+        else:
+            out.print(f"pool {pool} does not pay at any compute in the range searched")
 
 
 def _fmt(key: str, value: float, compact: bool = False) -> str:
@@ -315,7 +401,7 @@ def predict_command(
     as_json: AsJson = False,
 ) -> None:
     """Predicted loss for N parameters trained on D tokens drawn from U unique ones."""
-    chosen = _choose_law(law_file, preset_name)
+    chosen = _one_pool_law(_choose_law(law_file, preset_name))
     law, label = chosen.law, chosen.label
     n = parse_quantity(params, "--params")
     d = parse_quantity(tokens, "--tokens")
@@ -341,7 +427,7 @@ def epochs_command(
     as_json: AsJson = False,
 ) -> None:
     """Epochs over U unique tokens after which an N-parameter model stops gaining (within a tolerance)."""
-    law, _, label, _ = _choose_law(law_file, preset_name)
+    law, _, label, _ = _one_pool_law(_choose_law(law_file, preset_name))
     n = parse_quantity(params, "--params")
     u = parse_quantity(unique_tokens, "--unique-tokens")
     result = {key: float(value) for key, value in saturation_epochs(law, n, u, tolerance).items()}

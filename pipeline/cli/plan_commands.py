@@ -1,5 +1,9 @@
 """`dcsl plan SWEEP.yaml`: expand a sweep and show its runs, compute and estimated time; runs nothing.
 
+Under `optimizer.schedule: wsd` it also shows the trunks (`pipeline.trunks`): per trunk, its
+branches and where each starts its cooldown, and the compute with the trunks shared against that of
+the same runs trained independently.
+
 The estimated time of a run comes from finished runs in the store with the same model shape
 (their run records: tokens/s, and the time outside training such as evaluation),
 preferring those trained with as many ranks; a run whose shape the store has not seen gets none.
@@ -19,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
+from pipeline.cli.study_options import with_study_flags
 from scaling.errors import InputError
 from scaling.units import format_quantity
 
@@ -30,14 +35,20 @@ CSV_COLUMNS = ("name", "model", "seed", "params", "params_non_embedding", "token
 
 
 @app.command("plan")
+@with_study_flags
 def plan_command(
     sweep_file: Path = typer.Argument(..., help="The sweep YAML file."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave impossible grid points out, with a warning."),
     as_csv: bool = typer.Option(False, "--csv", help="Print the run table as CSV."),
+    study=None,
 ) -> None:
-    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything."""
+    """Expand a sweep into its runs and print them with total compute and estimated time, without running anything.
+
+    With an active study's flags (`dcsl sweep --rounds ...`), also say what its rounds will do after the grid.
+    """
     from pipeline.config import expand, load_sweep
+    from pipeline.study import checked_plan
 
     sweep = load_sweep(sweep_file)
     store_root = store or Path(sweep.store)
@@ -49,6 +60,7 @@ def plan_command(
         sweep, corpus["train"]["tokens"] if corpus else None, vocab_size=corpus["tokenizer"]["vocab_size"] if corpus else None,
         skip_invalid=skip_invalid, skipped=skipped,
     )  # fmt: skip
+    study_line = None if study is None else checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)
     if corpus is None:
         err.print("note: the corpus is not tokenized yet; U is not checked against its size", highlight=False)
     for message in skipped:
@@ -59,6 +71,8 @@ def plan_command(
         _write_csv(runs, estimates)
     else:
         _print_table(sweep, runs, estimates, len(skipped))
+    if study_line is not None:
+        (err if as_csv else Console(width=max(120, Console().width))).print(study_line, highlight=False, soft_wrap=True)
 
 
 def tokenized_corpus(sweep: SweepConfig, store: Path) -> dict | None:
@@ -167,6 +181,30 @@ def _print_table(sweep: SweepConfig, runs: list[RunSpec], estimates: list[float 
         lines.append("estimated time: unknown (no finished run in the store has these model shapes)")
     for line in lines:
         out.print(line, highlight=False)
+    _print_trunks(out, runs)
+
+
+def _print_trunks(out: Console, runs: list[RunSpec]) -> None:
+    """The WSD trunks of the runs (none: nothing printed), and the compute they save."""
+    from pipeline.trunks import plan_trunks, sharing
+
+    trunks, branches = plan_trunks(runs)
+    if not trunks:
+        return
+    table = Table(title=f"{len(trunks)} WSD trunks, {len(branches)} branches", title_justify="left")
+    for header in ("trunk", "D (constant rate)", "FLOPs (6ND)", "branches: cooldown from D_start to D"):
+        table.add_column(header, justify="left" if header in ("trunk", "branches: cooldown from D_start to D") else "right")
+    for trunk in trunks:
+        starts = ", ".join(
+            f"{run.name} {format_quantity(run.config.cooldown_start_step * run.config.batch_tokens)}->{format_quantity(run.tokens)}"
+            for run in trunk.branches
+        )  # fmt: skip
+        table.add_row(trunk.name, format_quantity(trunk.config.tokens), f"{trunk.flops:.3e}", starts)
+    out.print(table)
+    shared, independent = sharing(trunks, branches)
+    out.print(f"compute with trunks {shared:.4e} FLOPs (6ND): trunks {sum(t.flops for t in trunks):.4e} + branches' cooldowns "
+              f"{shared - sum(t.flops for t in trunks):.4e}; as independent runs {independent:.4e} ({independent / shared:.2f}x)",
+              highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _write_csv(runs: list[RunSpec], estimates: list[float | None]) -> None:

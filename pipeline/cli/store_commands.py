@@ -69,8 +69,12 @@ def runs_command(
     parquet: bool = typer.Option(False, "--parquet", help="Write Parquet (needs --out) instead of CSV."),
     csv_format: bool = typer.Option(False, "--csv", help="Write CSV (the default)."),
     out: Path | None = typer.Option(None, "--out", help="Write to this file instead of standard output."),
+    curves: Path | None = typer.Option(
+        None, "--curves", help="Instead, write the runs' loss curves (train loss per logged step, val loss during the run) "
+        "to this file: .csv or .parquet."
+    ),
 ) -> None:
-    """Export the finished runs as the table `dcsl fit` reads (params, tokens, unique_tokens, val_loss, ...)."""
+    """Export the finished runs as the table `dcsl fit` reads (params, tokens, unique_tokens, val_loss, ...), or their loss curves."""
     from scaling.atomic import write_atomic, write_text_atomic
     from stages.fit import runs_csv
 
@@ -78,11 +82,16 @@ def runs_command(
         fail("--csv and --parquet", "give one of them")
     if parquet and out is None:
         fail("--parquet", "needs --out FILE (Parquet is binary)")
+    if curves is not None and curves.suffix not in (".csv", ".parquet"):
+        fail("--curves", f"{str(curves)!r} must end in .csv or .parquet")
     if not store.is_dir():
         fail("store", f"{str(store)!r} does not exist")
     records = store_runs(store)
     if not records:
         fail("store", f"{str(store)!r} holds no finished runs")
+    if curves is not None:
+        _write_curves(store, records, curves)
+        return
     text = runs_csv(records)
     if parquet:
         import pyarrow as pa
@@ -95,3 +104,30 @@ def runs_command(
         write_text_atomic(out, text)
     else:
         typer.echo(text, nl=False)
+
+
+def _write_curves(store: Path, records: list, path: Path) -> None:
+    """Write the runs' loss curves to `path` (CSV or Parquet by its suffix), atomically."""
+    import csv
+    import io
+
+    from scaling.atomic import write_atomic, write_text_atomic
+    from stages.curves import COLUMNS, store_curves
+
+    rows = store_curves(store, records)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string() if name in ("run", "run_hash") else
+                                                                   pa.int64() if name in ("step", "tokens") else pa.float64())
+                                                                  for name in COLUMNS]))  # fmt: skip
+        write_atomic(path, lambda handle: pq.write_table(table, handle))
+    else:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: ("" if value is None else repr(value) if isinstance(value, float) else value) for key, value in row.items()}
+                         for row in rows)  # fmt: skip
+        write_text_atomic(path, text.getvalue())
+    typer.echo(f"wrote {len(rows)} curve points of {len(records)} runs to {path}")

@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli import app
-from pipeline.cli.law_commands import _allocation_record, _fit_spec, _fmt, _read_table
+from pipeline.cli.law_commands import _fit_spec, _fmt, _read_table
 from scaling.errors import InputError
 from scaling.laws import PRESETS
+from scaling.suggest import ANSWER
 from scaling.units import format_quantity, parse_quantity
 
 out = Console()
 err = Console(stderr=True)
-KEYS = ("params", "tokens", "epochs", "loss")
 
 
 def _law_and_samples(table, law_file: Path | None, base_preset: str | None, resamples: int, seed: int, status):
@@ -105,7 +105,7 @@ def suggest_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Which runs to train next: the batch within a FLOPs budget that most shrinks the uncertainty of the answer at (C, U)."""
-    from scaling.suggest import budget_ladder, candidate_runs, check_budget, expected_interval, size_ladder, suggest
+    from scaling.suggest import budget_ladder, candidate_runs, check_budget, size_ladder, suggestion_record
 
     target_flops = parse_quantity(flops, "--flops")
     target_unique = parse_quantity(unique_tokens, "--unique-tokens")
@@ -123,22 +123,8 @@ def suggest_command(
     with err.status("fitting", spinner="dots") as status:
         law, samples = _law_and_samples(table, law_file, base_preset, resamples, seed, status)
         status.update("choosing runs")
-        choice = suggest(samples, law, table, candidates, target_flops, target_unique, spend, count)
-    now = _allocation_record(law.full_params(), np.array([target_flops]), target_unique, samples)[0]
-    ratio = np.sqrt(choice.variance_after / np.where(choice.variance_now > 0, choice.variance_now, 1.0))
-    shrink = {"params": ratio[0], "tokens": ratio[0], "epochs": ratio[0], "loss": ratio[1]}
-    chosen = [{"params": float(candidates.params[i]), "tokens": float(candidates.tokens[i]),
-               "unique_tokens": float(candidates.unique_tokens[i]),
-               "epochs": float(candidates.tokens[i] / candidates.unique_tokens[i]),
-               "flops": float(candidates.flops[i]), "gain": float(gain)}
-              for i, gain in zip(choice.chosen, choice.gains)]
-    record = {
-        "target": {"flops": target_flops, "unique_tokens": target_unique},
-        "now": {**{key: now[key] for key in KEYS}, "intervals": now["intervals"]},
-        "runs": chosen,
-        "expected_intervals": {key: expected_interval(now[key], now["intervals"][key], shrink[key]) for key in KEYS},
-        "budget_used": float(sum(run["flops"] for run in chosen)),
-    }
+        _, record = suggestion_record(samples, law, table, candidates, target_flops, target_unique, spend, count)
+    chosen = record["runs"]
     note = None
     if out_path is not None and not chosen:
         raise InputError("--out", "no candidate run shrinks the spread at the target; nothing to write")
@@ -181,7 +167,7 @@ def _print_suggestion(record: dict, budget: float) -> None:
     for column in ("", *("N", "D", "epochs", "loss")):
         spread.add_column(column, justify="right")
     now = record["now"]
-    spread.add_row("estimate", *(_fmt(key, now[key]) for key in KEYS))
+    spread.add_row("estimate", *(_fmt(key, now[key]) for key in ANSWER))
     for label, intervals in (("now", now["intervals"]), ("after", record["expected_intervals"])):
-        spread.add_row(label, *("–".join(_fmt(key, v, compact=True) for v in intervals[key]) for key in KEYS))
+        spread.add_row(label, *("–".join(_fmt(key, v, compact=True) for v in intervals[key]) for key in ANSWER))
     out.print(spread)

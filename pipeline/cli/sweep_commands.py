@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 from pathlib import Path
 
@@ -11,11 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app
+from pipeline.cli.study_options import with_study_flags
 
 err = Console(stderr=True)
 
 
 @app.command("sweep")
+@with_study_flags
 def sweep_command(
     config: Path = typer.Argument(..., help="The sweep file (see configs/tiny.yaml)."),
     address: str | None = typer.Option(None, "--address", help="Join a running Ray cluster (e.g. auto or HOST:6379); default: start a local one."),
@@ -24,8 +25,14 @@ def sweep_command(
     out: Path | None = typer.Option(None, "--out", help="Also copy the report (law.json, allocation.csv, plots, report.md) into this folder."),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     wait_nodes: int = typer.Option(0, "--wait-nodes", min=0, help="With --address: wait for the head and this many nodes first (job scripts)."),
+    study=None,
 ) -> None:
     """Run a sweep end to end (tokenize, train and evaluate every run, fit, report), resuming what is unfinished.
+
+    With --rounds R --round-budget B --target-flops C: an active study. After the grid, R rounds each fit
+    the runs so far and train the runs (within B FLOPs) that most shrink the spread of the answer at
+    (C, U); each round's choice and its reason are in the store (suggest/), and the report shows the
+    answer's intervals per round.
 
     Ctrl-C or SIGTERM (a SLURM preemption or time limit) stops it cleanly: running steps are marked
     interrupted, and the same command resumes them. Exit status: 0 every run finished and the law was
@@ -37,8 +44,9 @@ def sweep_command(
     sweep = load_sweep(config)
     if store is not None:
         sweep = sweep.model_copy(update={"store": str(store)})
+    study_line = None if study is None else _check_study(sweep, study)
     if explain:
-        _explain(sweep, skip_invalid)
+        _explain(sweep, skip_invalid, study_line)
         return
     from pipeline.store import State
     from pipeline.sweep import run_sweep  # Ray is imported only when a sweep really runs
@@ -67,7 +75,13 @@ def sweep_command(
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &` in a script)
     try:
-        outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid, wait_nodes=wait_nodes)
+        if study is None:
+            outcome = run_sweep(sweep, address=address, progress=show, skip_invalid=skip_invalid, wait_nodes=wait_nodes)
+        else:
+            from pipeline.rounds import run_active_study
+
+            outcome = run_active_study(sweep, study, address=address, progress=show, skip_invalid=skip_invalid,
+                                       wait_nodes=wait_nodes)  # fmt: skip
     except KeyboardInterrupt:
         err.print("interrupted: running steps were cancelled and are marked interrupted; run the same command to resume")
         raise typer.Exit(130) from None
@@ -78,6 +92,11 @@ def sweep_command(
     typer.echo(f"{done} of {len(outcome.states)} runs succeeded" + (f"; {len(outcome.failed)} did not:" if outcome.failed else ""))
     for failure in outcome.failed:
         typer.echo(f"  {failure.name}: {failure.state}: {failure.reason}")
+    for suggestion in getattr(outcome, "rounds", []):
+        typer.echo(f"round {suggestion['round']}: {len(suggestion['runs'])} runs, {suggestion['budget_used']:.3g} of "
+                   f"{suggestion['budget']:.3g} FLOPs: " + ", ".join(run["name"] for run in suggestion["runs"]))
+    if getattr(outcome, "ended", ""):
+        typer.echo(f"the rounds ended early: {outcome.ended}")
     if outcome.law_path:
         typer.echo(f"law: {outcome.law_path}")
     if outcome.report_path:
@@ -115,7 +134,17 @@ def _copy_report(source: Path, destination: Path) -> None:
             copy_file_atomic(path, destination / path.name)
 
 
-def _explain(sweep, skip_invalid: bool) -> None:
+def _check_study(sweep, study) -> str:
+    """Check the active study against the sweep (and its corpus, if tokenized) before any work; what it will do."""
+    from pipeline.cli.plan_commands import tokenized_corpus
+    from pipeline.study import checked_plan
+
+    corpus = tokenized_corpus(sweep, Path(sweep.store))
+    return checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)
+
+
+def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
+    """Say per step whether it will run; an active study's (`study_line`: what its rounds do) only up to its grid."""
     from pipeline.runner import explain
     from pipeline.store import Store
     from pipeline.sweep import sweep_graph
@@ -124,10 +153,13 @@ def _explain(sweep, skip_invalid: bool) -> None:
     graph = sweep_graph(sweep, skip_invalid=skip_invalid, skipped=skipped)
     for warning in skipped:
         err.print(f"[yellow]warning:[/] skipped {warning}", highlight=False)
-    decisions = explain(graph.nodes, Store(Path(sweep.store)))
+    nodes = graph.nodes if study_line is None else [graph.tokenize, *graph.runs.values()]
+    decisions = explain(nodes, Store(Path(sweep.store)))
     keyed = [(node, decision) for node, decision in decisions if decision is not None]
     for node, decision in keyed:
         typer.echo(f"{'run ' if decision.run else 'skip'}  {node.label}: {decision.reason}")
     later = [node.kind.stage for node, decision in decisions if decision is None]
     then = f"; then the {' and the '.join(later)} over the runs that succeed" if later else ""
     typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run{then}")
+    if study_line is not None:
+        typer.echo(f"{study_line}; then the fit and the report (suggest/ in the store: the rounds done)")

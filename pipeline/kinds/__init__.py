@@ -1,4 +1,5 @@
-"""The step kinds of a study, one module each: tokenize, train (+ evaluate), fit, report.
+"""The step kinds of a study, one module each: tokenize, train (+ evaluate), WSD trunk and branch, fit, suggest (a round),
+report.
 
 Each is a `pipeline.graph.StepKind`: how its steps are keyed, what they ask of the cluster, how they
 run (by calling the stage in `stages/`) and what a finished one yields. `pipeline.sweep` wires them

@@ -25,7 +25,7 @@ class FitSpec:
     settings: FitSettings
 
 
-def finished_records(inputs: Sequence[Outcome]) -> list:
+def records_of(inputs: Sequence[Outcome]) -> list:
     """The run records of the inputs that finished, by name."""
     return sorted((outcome.value for outcome in inputs if outcome.done), key=lambda record: record.name)
 
@@ -50,7 +50,7 @@ class FitKind:
         """Fit, bootstrap and write the law document and the run table."""
         settings = spec.settings
         with atomic_directory(out_dir) as folder:
-            fit_runs(finished_records(inputs), settings.spec(), folder, params_kind=settings.params,
+            fit_runs(records_of(inputs), settings.spec(), folder, params_kind=settings.params,
                      resamples=settings.bootstrap, seed=settings.seed)  # fmt: skip
 
     def result(self, spec: FitSpec, out_dir: Path) -> str:

@@ -42,30 +42,40 @@ class TrainKind:
 
     def resources(self, spec: RunSpec) -> dict[str, float]:
         """The run's CPUs and GPUs; none for a multi-rank run (its Ray Train workers reserve them)."""
-        if spec.world_size > 1:
-            return {"num_cpus": 0}
-        return {"num_cpus": spec.resources.cpus, "num_gpus": spec.resources.gpus}
+        return run_resources(spec)
 
     def run(self, spec: RunSpec, step: Step, out_dir: Path, inputs: Sequence[Outcome]) -> None:
         """Train (resuming from the run's latest checkpoint) and evaluate."""
-        data_path = Path(inputs[0].value)
-        if spec.world_size > 1:
-            _train_with_ray_train(spec, data_path, out_dir.parents[1])
-        else:
-            train(spec.config, data_path, out_dir.parents[1])
+        launch(spec, Path(inputs[0].value), out_dir.parents[1])
 
     def result(self, spec: RunSpec, out_dir: Path) -> RunRecord:
         """The run record."""
         return read_record(out_dir)
 
 
-def _train_with_ray_train(spec: RunSpec, data_path: Path, root: Path) -> None:
+def run_resources(spec: RunSpec) -> dict[str, float]:
+    """Ray task options of a run (or of anything trained like one: name, config, resources, world_size)."""
+    if spec.world_size > 1:
+        return {"num_cpus": 0}
+    return {"num_cpus": spec.resources.cpus, "num_gpus": spec.resources.gpus}
+
+
+def launch(spec: RunSpec, data_path: Path, root: Path, run_dir: Path | None = None) -> None:
+    """Train a run (or anything trained like one) in the store at `root`: in this task, or with Ray Train for several
+    ranks; in `stages.launch.run_path`'s directory unless `run_dir` is given (a WSD trunk or branch step)."""
+    if spec.world_size > 1:
+        _train_with_ray_train(spec, data_path, root, run_dir)
+    else:
+        train(spec.config, data_path, root, run_dir=run_dir)
+
+
+def _train_with_ray_train(spec: RunSpec, data_path: Path, root: Path, run_dir: Path | None) -> None:
     """Train a multi-rank run with Ray Train's TorchTrainer: one worker per rank, the same loop."""
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_dir = prepare(spec.config, data_path, root, world=spec.world_size)
+    run_dir = prepare(spec.config, data_path, root, world=spec.world_size, run_dir=run_dir)
     resources = spec.resources
     use_gpu = resources.gpus > 0
     per_worker = {"CPU": max(1, resources.cpus // max(1, spec.world_size // resources.nodes))}
