@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 # The main job: the built-in tiny study (local Ray, CPU), from corpus to fitted law, report and plots.
 run: setup
 	$(BIN)/dcsl sweep configs/tiny.yaml --out $(OUT)/tiny
-	$(BIN)/dcsl allocate --law $(OUT)/tiny/law.json --flops 1e13,1e14,1e15 --unique-tokens 400K
+	$(BIN)/dcsl allocate --law $(OUT)/tiny/law.json --flops 1e11,1e12,1e13 --unique-tokens 400K
 
 # The published C4 law from the reference runs (no training).
 c4: setup

@@ -6,7 +6,10 @@ Sections of a sweep file (all checked before any work starts; unknown keys are r
   data          the corpus and tokenizer: `stages.tokenize.TokenizeConfig`, as `dcsl tokenize` reads it;
                 `data.pools` for several named pools (`stages.pool_config`)
   models        named models: an explicit shape (layers, width, heads, ...) or `params: 1M` (the size
-                table of `stages.shapes`); each may override `train:` and `resources:` settings
+                table of `stages.shapes`); each may override `train:` and `resources:` settings.
+                Or a size ladder, `{ladder: {sizes: 12K..200K, count: 5, lr: {...}}}` (`stages.ladder`):
+                its sizes become models named `n<N>`, each with its shape and learning rate, exactly
+                as if written by hand (same step hashes); `ladder()` gives them
   grid          one block or a list of blocks; a block is either
                   models x unique_tokens x epochs   a full grid: D = epochs * U
                   models x unique_tokens x flops    isoFLOP: D = C / (6 N), N non-embedding
@@ -40,7 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler,
+    create_model, field_validator, model_validator,
+)  # fmt: skip
 
 from pipeline.config_files import read_yaml, validation_error
 from pipeline.pool_fit_settings import check_pool_law, fit_settings_for, pool_fit_spec
@@ -52,6 +58,7 @@ from scaling.pool_fit import PoolFitSpec
 from scaling.pool_laws import POOL_LAWS
 from scaling.units import format_quantity, parse_quantity
 from stages.fields import Count, StoreName
+from stages.ladder import Ladder, Rung
 from stages.shapes import ModelConfig, ModelShape
 from stages.run_config import RunConfig, WandbConfig
 from stages.tokenize import TokenizeConfig
@@ -114,6 +121,14 @@ class ModelEntry(ModelConfig):
     def model(self) -> ModelConfig:
         """The plain model config (what goes into each run's config and hash)."""
         return ModelConfig.model_validate(self.model_dump(exclude={"name", "train", "resources"}))
+
+
+class LadderModels(BaseModel):
+    """`models:` written as a size ladder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ladder: Ladder = Field(..., description="target sizes, shape and learning-rate rules (see stages.ladder)")
 
 
 class GridBlock(BaseModel):
@@ -196,16 +211,35 @@ class SweepConfig(BaseModel):
     name: StoreName = Field("sweep", description="the study's name: of its fit and report steps")
     store: str = Field("store", description="the store root")
     data: TokenizeConfig
-    models: list[ModelEntry] = Field(..., min_length=1)
+    models: list[ModelEntry] = Field(
+        ..., min_length=1,
+        description="named models, or {ladder: ...}: sizes from which shapes and learning rates follow (read into this list)",
+    )
     grid: Annotated[list[GridBlock], BeforeValidator(_as_list), Field(min_length=1)]
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_seed_list), Field(min_length=1)] = [0]
     train: TrainConfig  # type: ignore[valid-type]
     resources: Resources = Field(default_factory=Resources)
     fit: FitSettings = Field(default_factory=FitSettings)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    _ladder: tuple[Ladder, list[Rung]] | None = PrivateAttr(None)
+
+    @field_validator("models", mode="wrap")
+    @classmethod
+    def _list_or_ladder(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A `{ladder: ...}` mapping is read as `LadderModels` (the list follows in `_consistent`); a list as usual."""
+        if not isinstance(value, dict):
+            return handler(value)
+        try:
+            return LadderModels.model_validate(value)
+        except ValidationError as err:
+            raise validation_error(err, LadderModels) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
+        if isinstance(self.models, LadderModels):
+            ladder = self.models.ladder
+            self._ladder = (ladder, ladder.rungs(self.vocab_size()))
+            self.models = [ModelEntry.model_validate(entry) for entry in ladder.entries(self._ladder[1])]
         names = [entry.name for entry in self.models]
         for index, name in enumerate(names):
             if name in names[:index]:
@@ -265,6 +299,10 @@ class SweepConfig(BaseModel):
         if not resources.gpus:
             _check_cpu_ranks(resources, self.train_for(model).processes, where)
         return resources
+
+    def ladder(self) -> tuple[Ladder, list[Rung]] | None:
+        """The `models: {ladder: ...}` as written and the sizes it produced; None for a written list of models."""
+        return self._ladder
 
     def vocab_size(self) -> int:
         """The vocabulary size: the given tokenizer.json's, else the trained tokenizer's `vocab_size`."""

@@ -7,6 +7,12 @@
 * `local`: a file or folder of plain text (one document per file, line or paragraph),
   JSON lines or Parquet; the text column is configurable.
 * `hub`: a dataset name on the Hugging Face Hub, for machines that can reach it.
+
+`piece_characters` cuts every document into pieces of whole lines, each the first lines whose
+length reaches that many characters (the last piece of a document may be shorter), before anything
+else sees the corpus: the split then draws its validation text from many documents instead of a
+few whole ones. Unset, documents stay whole and the config dumps as it did before the option
+existed, so artifact hashes do not move.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from scaling.errors import InputError
 from stages.mapped_pages import corpus_files, release_mapped_pages
@@ -50,6 +56,17 @@ class CorpusConfig(BaseModel):
     revision: str | None = None
     text_field: str = "text"
     max_documents: int | None = Field(None, ge=1, description="keep only the first N documents in source order")
+    piece_characters: int | None = Field(
+        None, ge=100, description="cut each document into pieces of whole lines of at least this many characters "
+        "(after max_documents); null: documents stay whole"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_pieces(self, handler: SerializerFunctionWrapHandler) -> dict:
+        dumped = handler(self)
+        if self.piece_characters is None:  # configs without the option keep their artifact hashes
+            dumped.pop("piece_characters", None)
+        return dumped
 
     @model_validator(mode="after")
     def _source_fields(self) -> CorpusConfig:
@@ -194,7 +211,24 @@ def _text_column(dataset: datasets.Dataset, field: str, config: CorpusConfig) ->
         dataset = dataset.select(range(config.max_documents))
     if len(dataset) == 0:
         raise InputError("corpus", f"{_describe(config)} holds no documents")
+    if config.piece_characters is not None:
+        size = config.piece_characters
+        dataset = dataset.map(lambda batch: {"text": [p for t in batch["text"] for p in pieces(t or "", size)]}, batched=True)
     return dataset
+
+
+def pieces(text: str, characters: int) -> list[str]:
+    """`text` cut at line ends into pieces of at least `characters` characters (the last may be shorter; none empty)."""
+    cut, current, length = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        length += len(line)
+        if length >= characters:
+            cut.append("".join(current))
+            current, length = [], 0
+    if current:
+        cut.append("".join(current))
+    return cut
 
 
 def _describe(config: CorpusConfig) -> str:

@@ -2,7 +2,8 @@
 
 Plots: observed against predicted loss; loss against epochs for each unique budget, one fitted
 curve per model size; the allocation frontier (optimal N and epochs against compute for each
-unique budget, beside the repetition-blind answer of the base law).
+unique budget, beside the repetition-blind answer of the base law). With a data-constrained law,
+report.md also pairs each repeated run with the single-epoch run of the same N and D (`stages.repetition`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from scaling.lawfile import read_law
 from scaling.units import format_quantity
 from stages.contamination import WINDOW
 from stages.record import RunFailure, RunRecord
+from stages.repetition import repetition_markdown
 from stages.suggest import ROUNDS, answer_at, round_rows, rounds_markdown
 
 ALLOCATION = "allocation.csv"
@@ -144,7 +146,8 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
     _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
     study = _rounds_markdown(law_path, rounds, records, out_dir) if rounds else ""
-    write_text_atomic(out_dir / REPORT, _markdown(law, document, records, failed, rows) + contamination_markdown(contamination) + study)
+    text = _markdown(law, document, records, failed, rows) + repetition_markdown(law, records, params_kind)
+    write_text_atomic(out_dir / REPORT, text + contamination_markdown(contamination) + study)
     return out_dir / REPORT
 
 

@@ -21,6 +21,8 @@ whose exact count is nearest in log space, under these rules, written once here:
   * width is a multiple of 64 (of 32 below 256); heads have dimension 64 (32 below 256 wide);
   * aspect ratio width / layers stays within [32, 128] (Kaplan et al.: loss is flat there),
     ties going to the ratio nearest 64; depth from 1 to 128.
+  * with a `head_dim` (the size ladder's option, `stages.ladder`), width is instead a multiple of
+    it and heads have that dimension.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ ASPECT_RANGE = (32, 128)
 ASPECT_TARGET = 64
 MAX_LAYERS = 128
 MAX_WIDTH = 16384
+MAX_HEAD_DIM = 256
 
 
 class ParamCounts(NamedTuple):
@@ -124,18 +127,27 @@ def _head_dim(width: int) -> int:
     return 64 if width >= 256 else 32
 
 
-def shape_for_params(target: int, mlp_ratio: int = 4) -> tuple[int, int, int]:
-    """(layers, width, heads) whose non-embedding count is nearest `target` under the size-table rules."""
+def shape_for_params(target: int, mlp_ratio: int = 4, embedding_per_width: int = 0, head_dim: int | None = None) -> tuple[int, int, int]:
+    """(layers, width, heads) whose non-embedding count is nearest `target` under the size-table rules.
+
+    `embedding_per_width` counts the tied token embedding too (a target of total parameters: pass the
+    vocabulary size). `head_dim` replaces the table's widths and heads by widths that are multiples
+    of `head_dim`, with heads of that dimension (finer steps for tiny models); the aspect rule stays.
+    """
     best: tuple[tuple[float, float], tuple[int, int, int]] | None = None
     for layers in range(1, MAX_LAYERS + 1):
-        ideal = math.sqrt(target / (layers * (4 + 2 * mlp_ratio)))
-        for step in (32, 64):
+        quadratic = layers * (4 + 2 * mlp_ratio)  # the width solving quadratic w^2 + embedding_per_width w = target
+        ideal = (math.sqrt(embedding_per_width**2 + 4 * quadratic * target) - embedding_per_width) / (2 * quadratic)
+        for step in (32, 64) if head_dim is None else (head_dim,):
             for width in {max(step, math.floor(ideal / step) * step), max(step, math.ceil(ideal / step) * step)}:
-                if (step == 32) != (width < 256) or not ASPECT_RANGE[0] <= width / layers <= ASPECT_RANGE[1]:
+                if head_dim is None and (step == 32) != (width < 256):
                     continue
-                count = ModelShape(layers, width, width // _head_dim(width), 1, 1, mlp_ratio).params.non_embedding
+                if not ASPECT_RANGE[0] <= width / layers <= ASPECT_RANGE[1]:
+                    continue
+                heads = width // (head_dim or _head_dim(width))
+                count = ModelShape(layers, width, heads, 1, 1, mlp_ratio).params.non_embedding + embedding_per_width * width
                 key = (abs(math.log(count / target)), abs(math.log(width / layers / ASPECT_TARGET)))
                 if best is None or key < best[0]:
-                    best = (key, (layers, width, width // _head_dim(width)))
-    assert best is not None  # layers=1, width=32 always qualifies
+                    best = (key, (layers, width, heads))
+    assert best is not None  # width = one step (32, or head_dim <= MAX_HEAD_DIM) at some depth qualifies
     return best[1]

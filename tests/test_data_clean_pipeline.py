@@ -61,7 +61,9 @@ def test_split_and_dedup_settings_change_the_hash_and_explain_names_them(tmp_pat
 
 
 def test_the_sweep_graph_deduplicates_before_tokenizing_and_reports_on_the_corpus():
-    sweep = load_sweep(REPO / "configs" / "tiny.yaml")
+    built_in = load_sweep(REPO / "configs" / "tiny.yaml")  # deduplicates: the plain sweep is it without dedup
+    sweep = built_in.model_copy(update={"data": TokenizeConfig.model_validate({**built_in.data.model_dump(), "dedup": None})})
+    assert sweep_graph(built_in, 3_000_000).tokenize.needs[0].kind.stage == "dedup"
     plain = sweep_graph(sweep, 3_000_000)
     assert plain.tokenize.needs == () and plain.report.needs == (plain.fit, plain.tokenize)
     data = TokenizeConfig.model_validate({**sweep.data.model_dump(), "dedup": {"exact": True}})

@@ -138,6 +138,22 @@ def _resources(run: RunSpec) -> str:
     return f"{r.gpus} GPU" + (f" x {r.nodes}" if r.nodes > 1 else "")
 
 
+def _print_ladder(sweep: SweepConfig, out: Console) -> None:
+    """The sizes a `models: {ladder: ...}` produced: target, shape, exact count and learning rate."""
+    if sweep.ladder() is None:
+        return
+    ladder, rungs = sweep.ladder()
+    kind = "non-emb" if ladder.params == "non_embedding" else "total"
+    rule = f"lr = {ladder.lr.peak:g} x (N / {format_quantity(ladder.lr.at)}) ^ {ladder.lr.exponent:.4g}"
+    table = Table(title=f"size ladder: {len(rungs)} sizes, N {kind}, {rule}", title_justify="left")
+    for header in ("model", "target", "layers", "width", "heads", f"N {kind}", "lr"):
+        table.add_column(header, justify="left" if header == "model" else "right")
+    for rung in rungs:
+        table.add_row(rung.name, format_quantity(rung.target), str(rung.layers), str(rung.width), str(rung.heads),
+                      f"{rung.params:,}", f"{rung.lr:.3g}")
+    out.print(table)
+
+
 def _print_table(sweep: SweepConfig, runs: list[RunSpec], estimates: list[float | None], skipped: int) -> None:
     table = Table(title=f"sweep {sweep.name}: {len(runs)} runs", title_justify="left")
     for header in ("run", "N", "N non-emb", "D", "U", "epochs", "FLOPs (6ND)", "resources", "est. time"):
@@ -149,6 +165,7 @@ def _print_table(sweep: SweepConfig, runs: list[RunSpec], estimates: list[float 
             format_duration(seconds) if seconds is not None else "",
         )  # fmt: skip
     out = Console(width=max(120, Console().width))
+    _print_ladder(sweep, out)
     out.print(table)
     known = [seconds for seconds in estimates if seconds is not None]
     points = len({run.point for run in runs})
