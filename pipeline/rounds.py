@@ -30,7 +30,7 @@ from pipeline.kinds.train import TrainKind
 from pipeline.ray_session import ray_session
 from pipeline.runner import Progress, Runner
 from pipeline.study import ActiveStudy, check_study, target_unique_tokens
-from pipeline.sweep import SweepGraph, SweepOutcome, _check_store, _outcome, sweep_graph, tokenize_node
+from pipeline.sweep import SweepGraph, SweepOutcome, check_store, sweep_outcome, sweep_graph, tokenize_node
 from stages.data import TokenData
 from stages.suggest import Candidate
 
@@ -69,14 +69,14 @@ def run_active_study(sweep: SweepConfig, study: ActiveStudy, *, address: str | N
     planned_candidates = check_study(sweep, study, None)  # every check that needs no corpus, before any work
     with ray_session(address, wait_nodes):
         check_fits_cluster(planned + planned_candidates, node_capacities(ray.nodes()), sweep.resources_field)
-        _check_store(root)
+        check_store(root)
         runner = Runner(root, progress)
         corpus = tokenize_node(sweep)
         data = runner.run([corpus])[id(corpus)]
         corpus_tokens = TokenData(Path(data.value)).train_tokens if data.done else None
         graph = StudyGraph(sweep_graph(sweep, corpus_tokens, skip_invalid=skip_invalid, corpus=corpus))
         if corpus_tokens is None:  # no corpus: every run is DEP_FAILED, as in a plain sweep
-            return StudyOutcome(**vars(_outcome(graph.sweep, runner.run(graph.sweep.nodes))), ended="no corpus")
+            return StudyOutcome(**vars(sweep_outcome(graph.sweep, runner.run(graph.sweep.nodes))), ended="no corpus")
         candidates = check_study(sweep, study, corpus_tokens)
         unique = target_unique_tokens(study, corpus_tokens)
         done, ended = _run_rounds(runner, sweep, study, graph, candidates, unique, progress)
@@ -85,7 +85,7 @@ def run_active_study(sweep: SweepConfig, study: ActiveStudy, *, address: str | N
         graph.sweep.report = Node(ReportKind(rounds=len(done)), sweep.name, sweep.name, needs=(fit, corpus, *done),
                                   uses=tuple(graph.sweep.runs.values()), static=False)  # fmt: skip
         outcomes = runner.run(graph.sweep.nodes)
-        return StudyOutcome(**vars(_outcome(graph.sweep, outcomes)), rounds=[outcomes[id(node)].value for node in done],
+        return StudyOutcome(**vars(sweep_outcome(graph.sweep, outcomes)), rounds=[outcomes[id(node)].value for node in done],
                             ended=ended)  # fmt: skip
 
 

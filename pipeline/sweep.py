@@ -100,17 +100,17 @@ def run_sweep(sweep: SweepConfig, *, address: str | None = None, progress: Progr
     planned = expand(sweep, skip_invalid=skip_invalid)  # every check that needs no corpus, before any work
     with ray_session(address, wait_nodes):
         check_fits_cluster(planned, node_capacities(ray.nodes()), sweep.resources_field)
-        _check_store(root)
+        check_store(root)
         runner = Runner(root, progress)
         corpus = tokenize_node(sweep)
         data = runner.run([corpus])[id(corpus)]
         corpus_tokens = train_tokens(Path(data.value)) if data.done else None
         graph = sweep_graph(sweep, corpus_tokens, skip_invalid=skip_invalid, corpus=corpus)
         outcomes = runner.run(graph.nodes)  # the corpus's outcome is known: it is not dispatched again
-        return _outcome(graph, outcomes)
+        return sweep_outcome(graph, outcomes)
 
 
-def _check_store(root: Path) -> None:
+def check_store(root: Path) -> None:
     """Fail with one line naming the store and the OS error unless this process can write there."""
     try:
         Store(root).check_writable()
@@ -118,7 +118,8 @@ def _check_store(root: Path) -> None:
         raise InputError("store", f"{root} is not a folder this process can write to ({error})") from None
 
 
-def _outcome(graph: SweepGraph, outcomes: dict) -> SweepOutcome:
+def sweep_outcome(graph: SweepGraph, outcomes: dict) -> SweepOutcome:
+    """The sweep's result from its nodes' outcomes: run states and records, failures, the law and the report."""
     runs = [outcomes[id(node)] for node in graph.runs.values()]
     fit, report = outcomes[id(graph.fit)], outcomes[id(graph.report)]
     return SweepOutcome(

@@ -23,8 +23,7 @@ from stages.fit import runs_csv
 from stages.record import RunFailure, RunRecord
 from scaling.lawfile import read_law
 from scaling.pool_allocate import PAYS_SHARE, pays_from, pool_allocation_records
-from stages.report import _csv as csv_text
-from stages.report import _save, compute_grid
+from stages.report import compute_grid, csv_text, save_png
 
 REPORT = "report.md"
 ALLOCATION = "allocation.csv"
@@ -110,7 +109,7 @@ def _plot(plt, records, params_kind, path, *, x, group, label, xlabel, log) -> N
             axes.set_xscale("log", base=2)
         axes.legend(fontsize=7)
     panels[0][0].set_ylabel(f"validation loss on pool {records[0].eval_pool}")
-    _save(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 

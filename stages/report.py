@@ -53,7 +53,8 @@ def allocation_rows(law, flops: np.ndarray, unique_budgets: list[float]) -> list
     return rows
 
 
-def _csv(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
+    """Rows of equal keys as CSV text, with a header line."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -61,7 +62,8 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _save(figure, path: Path) -> None:
+def save_png(figure, path: Path) -> None:
+    """Write a matplotlib figure as a PNG, atomically."""
     write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
 
 
@@ -73,7 +75,7 @@ def _plot_fit(plt, law, records: list[RunRecord], params_kind: str, path: Path) 
     low, high = min(observed.min(), predicted.min()), max(observed.max(), predicted.max())
     axes.plot([low, high], [low, high], color="grey", linewidth=1)
     axes.set(xlabel="predicted loss", ylabel="observed validation loss", title="fit (colour: log10 epochs)")
-    _save(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 
@@ -99,7 +101,7 @@ def _plot_epochs(plt, law, records: list[RunRecord], params_kind: str, path: Pat
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.legend(fontsize=7)
     panels[0][0].set_ylabel("validation loss")
-    _save(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 
@@ -118,7 +120,7 @@ def _plot_frontier(plt, rows: list[dict], path: Path) -> None:
     left.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="optimal N", title="solid: data-constrained; dashed: repetition-blind")
     right.set(xscale="log", yscale="log", xlabel="compute (FLOPs)", ylabel="optimal epochs")
     left.legend(fontsize=7)
-    _save(figure, path)
+    save_png(figure, path)
     plt.close(figure)
 
 
@@ -141,7 +143,7 @@ def write_report(law_path: Path, records: list[RunRecord], failed: list[RunFailu
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = allocation_rows(law, compute_grid(records), sorted({r.unique_tokens for r in records}))
-    write_text_atomic(out_dir / ALLOCATION, _csv(rows))
+    write_text_atomic(out_dir / ALLOCATION, csv_text(rows))
     _plot_fit(plt, law, records, params_kind, out_dir / PLOTS["fit"])
     _plot_epochs(plt, law, records, params_kind, out_dir / PLOTS["epochs"])
     _plot_frontier(plt, rows, out_dir / PLOTS["frontier"])
