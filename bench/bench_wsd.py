@@ -43,7 +43,7 @@ from stages.launch import train  # noqa: E402
 from stages.record import read_record  # noqa: E402
 from stages.tokenize import tokenize  # noqa: E402
 
-WSD = {"schedule": "wsd", "warmup_tokens": 5000, "cooldown": 0.2, "cooldown_shape": "1-sqrt"}
+WSD = {"schedule": "wsd", "warmup_tokens": 20_000, "cooldown": 0.2, "cooldown_shape": "1-sqrt"}  # tiny.yaml's WSD line
 LADDER = {
     "name": "epochs-ladder",
     "data": {"name": "stdlib-512", "corpus": {"source": "stdlib", "max_documents": 500},
