@@ -38,7 +38,7 @@ from pipeline.ray_session import ray_session  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
 from pipeline.store import State, Step, Store  # noqa: E402
 from pipeline.sweep import run_sweep  # noqa: E402
-from pipeline.config import expand  # noqa: E402
+from pipeline.expand import expand  # noqa: E402
 from scaling.laws import preset  # noqa: E402
 from stages.artifacts import mark_success  # noqa: E402
 from stages.record import RunRecord  # noqa: E402

@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from pipeline.config import SweepConfig, expand  # noqa: E402
+from pipeline.config import SweepConfig  # noqa: E402
+
+from pipeline.expand import expand  # noqa: E402
 from pipeline.graph import Outcome  # noqa: E402
 from pipeline.kinds.branch import BranchKind  # noqa: E402
 from pipeline.kinds.trunk import TrunkKind  # noqa: E402

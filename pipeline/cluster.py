@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.config import RunSpec
+from pipeline.expand import RunSpec
 from scaling.errors import InputError
 
 

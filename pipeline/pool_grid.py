@@ -16,7 +16,7 @@ the shares add up to D exactly: D_i = n_i * seq_len. Runs are named
 Everything here is checked before any work: a pool that is not in data.pools, a mix whose weights
 do not add up to 1, a block that leaves a pool without budgets, a pool block in a one-corpus sweep.
 Budgets larger than a pool's training region are found once the corpus is tokenized
-(`pipeline.config.expand`), before any training.
+(`pipeline.expand.expand`), before any training.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from pathlib import Path
 import ray
 
 from pipeline.cluster import check_fits_cluster, node_capacities
-from pipeline.config import RunSpec, SweepConfig, expand
+from pipeline.config import SweepConfig
+from pipeline.expand import RunSpec, expand
 from pipeline.graph import Node
 from pipeline.kinds.fit import FitKind, FitSpec
 from pipeline.kinds.report import ReportKind

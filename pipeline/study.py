@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import GridBlock, RunSpec, SweepConfig, expand
+from pipeline.config import GridBlock, SweepConfig
+
+from pipeline.expand import RunSpec, expand
 from scaling.errors import InputError
 from scaling.suggest import MIN_DRAWS, unique_ladder
 from scaling.units import format_quantity

@@ -22,7 +22,8 @@ from pathlib import Path
 import ray
 
 from pipeline.cluster import check_fits_cluster, node_capacities
-from pipeline.config import SweepConfig, expand
+from pipeline.config import SweepConfig
+from pipeline.expand import expand
 from pipeline.graph import Node
 from pipeline.kinds.dedup import DedupKind
 from pipeline.kinds.fit import FitKind, FitSpec

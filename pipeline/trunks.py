@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pipeline.config import Resources, RunSpec
+from pipeline.config import Resources
+
+from pipeline.expand import RunSpec
 from scaling.units import format_quantity
 from stages.metrics import curve_steps
 from stages.run_config import COOLDOWN_FIELDS, RunConfig

@@ -10,6 +10,7 @@ on its own, which makes resuming at step k give exactly the uninterrupted stream
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -26,14 +27,14 @@ class Batch(NamedTuple):
     tokens: np.ndarray  # (batch, T + 1) int64
 
 
-class BatchStream:
+class BatchStream(ABC):
     """A run's batches by step, each computable on its own: `batch(step)` for steps 0..num_steps-1."""
 
     num_steps: int
 
+    @abstractmethod
     def batch(self, step: int) -> Batch:
         """The batch of `step`."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.num_steps

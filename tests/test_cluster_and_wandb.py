@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 
 from pipeline.cli import main  # noqa: E402
 from pipeline.cluster import check_fits_cluster, node_capacities  # noqa: E402
-from pipeline.config import SweepConfig, expand  # noqa: E402
+from pipeline.config import SweepConfig  # noqa: E402
+from pipeline.expand import expand  # noqa: E402
 from pipeline.wandb_runs import read_wandb_runs  # noqa: E402
 from scaling.errors import InputError  # noqa: E402
 

@@ -13,7 +13,8 @@ import yaml
 import pipeline.cli.plan_commands  # noqa: F401  (registers the command)
 import sweeps
 from pipeline.cli import main
-from pipeline.config import SweepConfig, expand
+from pipeline.config import SweepConfig
+from pipeline.expand import expand
 from scaling.errors import InputError
 from stages.record import RunRecord
 from stages.run_config import RunConfig

@@ -14,7 +14,8 @@ import yaml  # noqa: E402
 
 import pipeline.cli.plan_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
-from pipeline.config import SweepConfig, expand, load_sweep  # noqa: E402
+from pipeline.config import SweepConfig, load_sweep  # noqa: E402
+from pipeline.expand import expand  # noqa: E402
 from scaling.errors import InputError  # noqa: E402
 from stages.artifacts import mark_success  # noqa: E402
 from stages.record import RunRecord  # noqa: E402

@@ -16,7 +16,8 @@ import yaml  # noqa: E402
 
 import pipeline.cli.plan_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
-from pipeline.config import SweepConfig, expand  # noqa: E402
+from pipeline.config import SweepConfig  # noqa: E402
+from pipeline.expand import expand  # noqa: E402
 from stages.corpus import CorpusConfig, load_corpus, pieces, read_texts  # noqa: E402
 from stages.ladder import Ladder  # noqa: E402
 from stages.shapes import ModelShape  # noqa: E402

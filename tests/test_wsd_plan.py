@@ -7,7 +7,8 @@ import yaml
 
 import pipeline.cli.plan_commands  # noqa: F401  (registers the command)
 from pipeline.cli import main
-from pipeline.config import SweepConfig, expand
+from pipeline.config import SweepConfig
+from pipeline.expand import expand
 from pipeline.trunks import plan_trunks, sharing
 
 WSD = {

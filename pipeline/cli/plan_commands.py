@@ -28,7 +28,8 @@ from scaling.errors import InputError
 from scaling.units import format_quantity
 
 if TYPE_CHECKING:  # the sweep schema (pydantic, scipy) loads when the command runs
-    from pipeline.config import RunSpec, SweepConfig
+    from pipeline.config import SweepConfig
+    from pipeline.expand import RunSpec
 
 CSV_COLUMNS = ("name", "model", "seed", "params", "params_non_embedding", "tokens", "unique_tokens", "epochs", "flops",
                "flops_full", "cpus", "gpus", "nodes", "estimated_seconds")  # fmt: skip
@@ -47,7 +48,8 @@ def plan_command(
 
     With an active study's flags (`dcsl sweep --rounds ...`), also say what its rounds will do after the grid.
     """
-    from pipeline.config import expand, load_sweep
+    from pipeline.config import load_sweep
+    from pipeline.expand import expand
     from pipeline.study import checked_plan
     from stages.pool_data import manifest_train_tokens
 

@@ -57,7 +57,7 @@ def submit_command(
 def _check_fits_job(sweep: SweepConfig, options: JobOptions) -> None:
     """Every run must fit the allocation: its nodes, GPUs per node and CPUs per node."""
     from pipeline.cluster import check_fits_cluster
-    from pipeline.config import expand
+    from pipeline.expand import expand
 
     node = {"CPU": float(options.cpus_per_node or 1e9), "GPU": float(options.gpus_per_node)}
     capacities = [dict(node) for _ in range(options.nodes)]

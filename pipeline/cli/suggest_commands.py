@@ -64,7 +64,9 @@ def _sweep_document(base: dict, runs: list[dict]) -> tuple[dict, float]:
     """The base sweep with the runs as its models and grid, checked; and the largest gap of planned to suggested N."""
     from pydantic import ValidationError
 
-    from pipeline.config import SweepConfig, expand
+    from pipeline.config import SweepConfig
+
+    from pipeline.expand import expand
     from pipeline.config_files import validation_error
     from stages.shapes import ModelShape, shape_for_params
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import RunSpec
+from pipeline.expand import RunSpec
 from pipeline.graph import Outcome
 from pipeline.store import Step
 from scaling.atomic import write_text_atomic
