@@ -162,6 +162,20 @@ def _rounds_markdown(law_path: Path, rounds: list[dict], records: list[RunRecord
     return rounds_markdown(table, target)
 
 
+def fit_checks(document: dict) -> list[str]:
+    """The law's own checks, one line each: parameters on a bound of the search box, and the leave-out extrapolation."""
+    at_bounds = document.get("at_bounds") or []
+    lines = [f"Parameters on a bound of the fit's search box: {', '.join(at_bounds) if at_bounds else 'none'}."]
+    check = document.get("diagnostics", {}).get("extrapolation")
+    if check and "skipped" in check:
+        lines.append(f"Leave-out check skipped: {check['skipped']}.")
+    elif check:
+        lines.append(f"Leave-out check: fitted on the {check['n_fit']} runs with 6ND <= {check['threshold_flops']:.3g} FLOPs, the "
+                     f"{check['n_held_out']} others predicted with mean absolute relative error "
+                     f"{check['mean_abs_relative_error']:.2%} (largest absolute error {check['max_abs_error']:.3f}).")
+    return lines
+
+
 def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFailure], rows: list[dict]) -> str:
     bounds = document.get("intervals") or {}
     intervals = bounds.get("params", {})
@@ -182,7 +196,7 @@ def _markdown(law, document: dict, records: list[RunRecord], failed: list[RunFai
     diagnostics = document.get("diagnostics", {})
     lines += ["", f"R² (log loss) {diagnostics.get('r2_log_loss', float('nan')):.4f}, "
                   f"RMSE (log loss) {diagnostics.get('rmse_log_loss', float('nan')):.4g}. Full fit in [law.json](law.json), "
-                  f"runs in [runs.csv](runs.csv).", ""]  # fmt: skip
+                  f"runs in [runs.csv](runs.csv).", "", *fit_checks(document), ""]  # fmt: skip
     lines += ["## Allocation", "", f"Every row of [allocation.csv](allocation.csv) (excerpt):", "",
               "| compute | U | N* | D* | epochs* | loss | repetition-blind N | its loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows[:: max(1, len(rows) // 12)]:

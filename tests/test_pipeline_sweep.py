@@ -31,8 +31,15 @@ def _check_report(folder: Path, runs: int) -> None:
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
     text = (folder / "report.md").read_text()
     assert f"{runs} runs fitted" in text
-    for name, value in json.loads((folder / "law.json").read_text())["params"].items():
+    law = json.loads((folder / "law.json").read_text())
+    for name, value in law["params"].items():
         assert f"| {name} | {value:.6g} |" in text, name
+    # the law's own checks: what sits on a bound, and how well it extrapolates to the most compute
+    assert f"Parameters on a bound of the fit's search box: {', '.join(law['at_bounds']) or 'none'}." in text
+    check = law["diagnostics"]["extrapolation"]
+    expected = (f"Leave-out check skipped: {check['skipped']}." if "skipped" in check
+                else f"{check['n_held_out']} others predicted with mean absolute relative error {check['mean_abs_relative_error']:.2%}")
+    assert expected in text
     assert (folder / "runs.csv").read_text().count("\n") == runs + 1  # a header and one row per run
 
 
