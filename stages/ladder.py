@@ -130,7 +130,8 @@ class Ladder(BaseModel):
         rungs: list[Rung] = []
         embedding = vocab_size if self.params == "total" else 0
         for target in self.targets():
-            layers, width, heads = shape_for_params(target, self.mlp_ratio, embedding_per_width=embedding, head_dim=self.head_dim)
+            layers, width, heads = shape_for_params(target, self.mlp_ratio, embedding_per_width=embedding, head_dim=self.head_dim,
+                                                   field="models.ladder.sizes")
             counts = ModelShape(layers, width, heads, vocab_size, 1, self.mlp_ratio).params
             params = counts.total if self.params == "total" else counts.non_embedding
             if abs(math.log(params / target)) > math.log(MAX_MISS):

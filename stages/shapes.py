@@ -127,12 +127,14 @@ def _head_dim(width: int) -> int:
     return 64 if width >= 256 else 32
 
 
-def shape_for_params(target: int, mlp_ratio: int = 4, embedding_per_width: int = 0, head_dim: int | None = None) -> tuple[int, int, int]:
+def shape_for_params(target: int, mlp_ratio: int = 4, embedding_per_width: int = 0, head_dim: int | None = None,
+                     field: str = "params") -> tuple[int, int, int]:
     """(layers, width, heads) whose non-embedding count is nearest `target` under the size-table rules.
 
     `embedding_per_width` counts the tied token embedding too (a target of total parameters: pass the
     vocabulary size). `head_dim` replaces the table's widths and heads by widths that are multiples
     of `head_dim`, with heads of that dimension (finer steps for tiny models); the aspect rule stays.
+    A target below every shape the rules allow is refused under `field`.
     """
     best: tuple[tuple[float, float], tuple[int, int, int]] | None = None
     for layers in range(1, MAX_LAYERS + 1):
@@ -149,5 +151,9 @@ def shape_for_params(target: int, mlp_ratio: int = 4, embedding_per_width: int =
                 key = (abs(math.log(count / target)), abs(math.log(width / layers / ASPECT_TARGET)))
                 if best is None or key < best[0]:
                     best = (key, (layers, width, heads))
-    assert best is not None  # width = one step (32, or head_dim <= MAX_HEAD_DIM) at some depth qualifies
+    if best is None:  # every depth's nearest widths are narrower than the aspect rule allows
+        step = head_dim or 32
+        smallest = ModelShape(1, max(step, math.ceil(ASPECT_RANGE[0] / step) * step), 1, 1, 1, mlp_ratio).params.non_embedding
+        raise InputError(field, f"{target:,} is below the smallest shape the size table allows ({smallest:,} "
+                                   f"non-embedding parameters: one layer, width / layers >= {ASPECT_RANGE[0]})")
     return best[1]

@@ -101,6 +101,8 @@ BAD = [
     ({"lr": {"peak": 8e-3}}, "models.ladder.lr.at: is required"),
     ({"sizes": "25K..1M", "head_dim": None, "count": 2}, "models.ladder.sizes: 25K has no shape within 1.5x; the nearest, 1 layer(s) "
      "of width 64, has 49,344 non_embedding parameters; head_dim gives finer steps"),
+    ({"sizes": "3K..60K"}, "models.ladder.sizes: 3,000 is below the smallest shape the size table allows (12,384 "
+     "non-embedding parameters: one layer, width / layers >= 32)"),
     ({"widths": 3}, "models.ladder.widths: unknown setting; allowed: sizes, count, params, lr, mlp_ratio, head_dim"),
 ]
 
