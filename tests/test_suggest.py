@@ -12,6 +12,7 @@ import yaml
 
 from conftest import REPO, TRUE_LAW
 from pipeline.cli import main
+from pipeline.config import load_sweep
 from scaling.bootstrap import bootstrap
 from scaling.errors import InputError
 from scaling.fit import FitSpec, fit
@@ -219,20 +220,37 @@ def test_suggest_table_sizes_and_a_law_file(capsys, tmp_path, tiny_runs):
     assert all(label in stdout for label in ("gain", "estimate", "now", "after"))
 
 
-def test_out_writes_a_sweep_that_plan_accepts(capsys, tmp_path, tiny_runs):
+def _suggest_out(capsys, tmp_path, tiny_runs, base) -> tuple[dict, dict, str]:
+    """`dcsl suggest --sweep BASE --out next.yaml`: the written sweep, the base, and what was printed."""
     out = tmp_path / "next.yaml"
     code, stdout, _ = run(capsys, "suggest", str(tiny_runs), *TINY_TARGET, "--budget", "2e12", "--base-preset", "c4",
-                          "--bootstrap", "60", "--count", "5", "--sweep", str(REPO / "configs" / "tiny.yaml"),
-                          "--out", str(out))
-    assert code == 0 and f"wrote {out}" in stdout and "size table" in stdout
-    sweep, base = yaml.safe_load(out.read_text()), yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    assert {key: sweep[key] for key in base if key not in ("models", "grid")} == {
-        key: value for key, value in base.items() if key not in ("models", "grid")}
-    assert all(set(model) == {"name", "params"} for model in sweep["models"])
-    code, stdout, _ = run(capsys, "plan", str(out), "--store", str(tmp_path / "store"), "--csv")
-    planned = list(csv.DictReader(stdout.splitlines()))
+                          "--bootstrap", "60", "--count", "5", "--sweep", str(base), "--out", str(out))
+    assert code == 0 and f"wrote {out}" in stdout
+    sweep, written = yaml.safe_load(out.read_text()), yaml.safe_load(base.read_text())
+    assert {key: sweep[key] for key in written if key not in ("models", "grid")} == {
+        key: value for key, value in written.items() if key not in ("models", "grid")}
+    code, planned, _ = run(capsys, "plan", str(out), "--store", str(tmp_path / "store"), "--csv")
     suggested = sum(len(block["epochs"]) for block in sweep["grid"])
-    assert code == 0 and 1 <= len(planned) == suggested <= 5
+    assert code == 0 and 1 <= len(list(csv.DictReader(planned.splitlines()))) == suggested <= 5
+    return sweep, written, stdout
+
+
+def test_out_keeps_the_base_ladders_rules(capsys, tmp_path, tiny_runs):
+    sweep, base, stdout = _suggest_out(capsys, tmp_path, tiny_runs, REPO / "configs" / "tiny.yaml")
+    assert "size ladder" in stdout and "written once" in stdout  # 12K and 16.5K are one shape under head_dim 16
+    ladder, rule = sweep["models"]["ladder"], base["models"]["ladder"]
+    assert {key: value for key, value in ladder.items() if key != "sizes"} == {
+        key: value for key, value in rule.items() if key not in ("sizes", "count")}
+    config = load_sweep(tmp_path / "next.yaml")
+    rungs = config.ladder()[1]
+    assert [rung.target for rung in rungs] == sorted(ladder["sizes"]) and len(config.models) == len(rungs)
+    for rung, model in zip(rungs, config.models):  # each size trains at the base rule's rate
+        assert model.name == rung.name and model.train["optimizer"]["lr"] == float(f"{8e-3 * (rung.params / 12e3) ** (-1 / 3):.3g}")
+
+
+def test_out_shapes_hand_written_models_by_the_size_table(capsys, tmp_path, tiny_runs):
+    sweep, _, stdout = _suggest_out(capsys, tmp_path, tiny_runs, REPO / "configs" / "tiny_ci.yaml")
+    assert "size table" in stdout and all(set(model) == {"name", "params"} for model in sweep["models"])
 
 
 BAD = [

@@ -1,7 +1,8 @@
 """`dcsl suggest`: the next runs to train, chosen to shrink the uncertainty of the answer at (C, U).
 
 The choice is `scaling.suggest` (its docstring has the method). `--out` with `--sweep BASE.yaml`
-writes a complete sweep file: BASE with the suggested runs as its models (`params:` sizes) and grid.
+writes a complete sweep file: BASE with the suggested runs as its models and grid (BASE's size
+ladder on the suggested sizes, or `params:` sizes when BASE's models are written by hand).
 """
 
 from __future__ import annotations
@@ -51,41 +52,61 @@ def _law_and_samples(table, law_file: Path | None, base_preset: str | None, resa
     return result.law, bootstrap(table, result, resamples, seed)
 
 
-def _base_sweep(path: Path) -> dict:
-    """The sweep file --out starts from, as a mapping, checked like any sweep before any work."""
+def _base_sweep(path: Path) -> tuple[dict, object]:
+    """The sweep file --out starts from: as a mapping, and as its checked config (before any work)."""
     from pipeline.config import load_sweep
     from pipeline.config_files import read_yaml
 
-    load_sweep(path)
-    return read_yaml(path)
+    config = load_sweep(path)
+    return read_yaml(path), config
 
 
-def _sweep_document(base: dict, runs: list[dict]) -> tuple[dict, float]:
+def _suggested_models(base: dict, config, sizes: list[int]) -> tuple[object, dict[int, str], float]:
+    """`models:` for the suggested sizes, each size's model name, and the largest gap of planned to suggested N.
+
+    A base written as a size ladder keeps its ladder (shape rules, per-size learning rates) on the
+    suggested sizes, sizes that its rules give one shape sharing one rung; hand-written models become
+    `params:` sizes that the size table shapes.
+    """
+    from stages.ladder import Ladder
+    from stages.shapes import ModelShape, shape_for_params
+
+    written = base.get("models")
+    if isinstance(written, dict) and "ladder" in written:
+        rules = {key: value for key, value in written["ladder"].items() if key != "count"}
+        rung_of = {n: Ladder.model_validate(rules | {"sizes": [n]}).rungs(config.vocab_size())[0] for n in sizes}
+        shapes = {(rung.layers, rung.width): rung for rung in reversed(rung_of.values())}  # the smallest size per shape
+        rungs = {rung.target: rung for rung in shapes.values()}
+        gap = max(abs(rung.params / n - 1.0) for n, rung in rung_of.items())
+        names = {n: rungs[shapes[rung.layers, rung.width].target].name for n, rung in rung_of.items()}
+        return {"ladder": rules | {"sizes": sorted(rungs)}}, names, gap
+    names = {n: f"n{format_quantity(n, 3)}" for n in sizes}
+    gap = max(abs(ModelShape(*shape_for_params(n), 1, 1).params.non_embedding / n - 1.0) for n in sizes)
+    return [{"name": name, "params": n} for n, name in names.items()], names, gap
+
+
+def _sweep_document(base: dict, config, runs: list[dict]) -> tuple[dict, float]:
     """The base sweep with the runs as its models and grid, checked; and the largest gap of planned to suggested N."""
     from pydantic import ValidationError
 
     from pipeline.config import SweepConfig
-
-    from pipeline.expand import expand
     from pipeline.config_files import validation_error
-    from stages.shapes import ModelShape, shape_for_params
+    from pipeline.expand import expand
 
     document = dict(base)
-    names = {run["params"]: f"n{format_quantity(run['params'], 3)}" for run in runs}
-    document["models"] = [{"name": name, "params": round(n)} for n, name in sorted(names.items())]
-    blocks: dict[tuple[str, int], list[int]] = {}
-    for run in runs:
-        blocks.setdefault((names[run["params"]], round(run["unique_tokens"])), []).append(round(run["epochs"]))
-    document["grid"] = [{"models": [name], "unique_tokens": unique, "epochs": sorted(epochs)}
-                        for (name, unique), epochs in blocks.items()]
     try:
+        document["models"], names, gap = _suggested_models(base, config, sorted({round(run["params"]) for run in runs}))
+        blocks: dict[tuple[str, int], list[int]] = {}
+        for run in runs:
+            blocks.setdefault((names[round(run["params"])], round(run["unique_tokens"])), []).append(round(run["epochs"]))
+        document["grid"] = [{"models": [name], "unique_tokens": unique, "epochs": sorted(set(epochs))}
+                            for (name, unique), epochs in blocks.items()]
         expand(SweepConfig.model_validate(document))
     except ValidationError as error:
         raise validation_error(error, SweepConfig).within("--sweep") from None
     except InputError as error:
         raise error.within("--sweep") from None
-    gaps = [abs(ModelShape(*shape_for_params(round(n)), 1, 1).params.non_embedding / n - 1.0) for n in names]
-    return document, max(gaps)
+    return document, gap
 
 
 @app.command("suggest")
@@ -115,7 +136,7 @@ def suggest_command(
     ladder = None if sizes is None else np.unique([parse_quantity(n, "--sizes") for n in sizes.split(",")])
     if (out_path is None) != (sweep_file is None):
         raise InputError("--out and --sweep", "go together: --out writes --sweep's file with the suggested runs")
-    base = None if sweep_file is None else _base_sweep(sweep_file)
+    base, base_config = (None, None) if sweep_file is None else _base_sweep(sweep_file)
     table = _read_table(runs, loss_column, None, None, [])
     for warning in table.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
@@ -135,12 +156,15 @@ def suggest_command(
 
         from scaling.atomic import write_text_atomic
 
-        document, gap = _sweep_document(base, chosen)
+        document, gap = _sweep_document(base, base_config, chosen)
         write_text_atomic(out_path, yaml.safe_dump(document, sort_keys=False))
-        note = (f"wrote {out_path}: its models are `params:` sizes, shaped by the size table, so their non-embedding "
-                f"N is within {100 * gap:.1f}% of the suggested N (`dcsl plan {out_path}` shows it); with fit.params: "
-                f"total the sweep's N also counts embeddings, and the base file's per-model train settings are not "
-                f"carried")
+        rules = ("the base's size ladder on the suggested sizes (its shapes and per-size learning rates)"
+                 if isinstance(document["models"], dict) else "`params:` sizes, shaped by the size table")
+        note = (f"wrote {out_path}: its models are {rules}, so their N is within {100 * gap:.1f}% of the suggested N "
+                f"(`dcsl plan {out_path}` shows it); the base file's other per-model settings are not carried")
+        merged = len(chosen) - sum(len(block["epochs"]) for block in document["grid"])
+        if merged:
+            note += f"; {merged} suggested run(s) got the same shape as another and are written once"
         record["sweep_file"] = str(out_path)
     if as_json:
         typer.echo(json.dumps(record, indent=2))
