@@ -39,6 +39,14 @@ class ActiveStudy:
     round_runs: int = ROUND_RUNS
     max_epochs: int = MAX_EPOCHS
 
+    def flags(self) -> list[str]:
+        """The `dcsl sweep` flags that ask for this study (a job script passes them on)."""
+        flags = ["--rounds", str(self.rounds), "--round-budget", f"{self.round_budget:.17g}",
+                 "--target-flops", f"{self.target_flops:.17g}"]  # fmt: skip
+        if self.target_unique_tokens is not None:
+            flags += ["--target-unique-tokens", f"{self.target_unique_tokens:.17g}"]
+        return [*flags, "--round-runs", str(self.round_runs), "--max-epochs", str(self.max_epochs)]
+
 
 def active_study(rounds: int | None, round_budget: float | None, target_flops: float | None,
                  target_unique_tokens: float | None, round_runs: int = ROUND_RUNS,

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,8 +124,10 @@ def _directive_quote(option: str) -> str:
     return f'{flag}="{value}"' if equals else f'"{option}"'
 
 
-def render(options: JobOptions, sweep_file: Path, store: Path, log: Path, bin_dir: Path | None = None) -> str:
-    """The job script for a sweep: the template with every placeholder filled (shell values quoted)."""
+def render(options: JobOptions, sweep_file: Path, store: Path, log: Path, bin_dir: Path | None = None,
+           study_flags: Sequence[str] = ()) -> str:
+    """The job script for a sweep: the template with every placeholder filled (shell values quoted);
+    `study_flags` are an active study's `dcsl sweep` flags (`ActiveStudy.flags`)."""
     options.check()
     bin_dir = bin_dir or Path(sys.executable).parent
     values = {
@@ -134,6 +137,7 @@ def render(options: JobOptions, sweep_file: Path, store: Path, log: Path, bin_di
         "dcsl": shlex.quote(str(bin_dir / "dcsl")),
         "ray": shlex.quote(str(bin_dir / "ray")),
         "gpus_per_node": str(int(options.gpus_per_node)),
+        "study_flags": " ".join(shlex.quote(flag) for flag in study_flags),
     }
     text = TEMPLATE.read_text()
     missing = set(PLACEHOLDER.findall(text)) ^ set(values)
@@ -142,7 +146,8 @@ def render(options: JobOptions, sweep_file: Path, store: Path, log: Path, bin_di
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
 
 
-def prepare_job(sweep_name: str, sweep_file: Path, store: Path, options: JobOptions, bin_dir: Path | None = None) -> Path:
+def prepare_job(sweep_name: str, sweep_file: Path, store: Path, options: JobOptions, bin_dir: Path | None = None,
+                study_flags: Sequence[str] = ()) -> Path:
     """Write the job folder (the sweep file's copy and the script) into the store; return the script."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     folder = store.resolve() / JOBS / f"{sweep_name}-{stamp}"
@@ -150,7 +155,7 @@ def prepare_job(sweep_name: str, sweep_file: Path, store: Path, options: JobOpti
     copy = folder / "sweep.yaml"
     write_text_atomic(copy, Path(sweep_file).read_text())
     script = folder / "sweep.sbatch"
-    write_text_atomic(script, render(options, copy, store.resolve(), folder / "slurm-%j.out", bin_dir))
+    write_text_atomic(script, render(options, copy, store.resolve(), folder / "slurm-%j.out", bin_dir, study_flags))
     return script
 
 

@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from pipeline.store import State, Store
+from pipeline.cli.study_options import study_from_flags
+from pipeline.study import active_study
 from pipeline.submit import JobOptions, render
 
 from conftest import REPO
@@ -116,6 +118,28 @@ def test_every_string_option_is_quoted_so_nothing_is_injected(tmp_path, payload)
                         "--wait-nodes", "1"]  # fmt: skip
     if '"' not in value:
         assert f'#SBATCH --partition="{value}"' in script.read_text() or f"#SBATCH --partition={value}" in script.read_text()
+
+
+def test_an_active_studys_flags_reach_the_jobs_sweep(tmp_path):
+    study = active_study(2, 1e12, 1e22, 30e3, round_runs=3)
+    bin_dir = _stubs(tmp_path, wait_for="ray")
+    script = tmp_path / "job.sbatch"
+    script.write_text(render(JobOptions(), tmp_path / "sweep.yaml", tmp_path / "store", tmp_path / "log", bin_dir, study.flags()))
+    process = _run_script(script, tmp_path, bin_dir)
+    assert process.returncode == 0, process.stdout.read()
+    (dcsl,) = [call for call in _calls(tmp_path) if call[0] == "dcsl"]
+    assert dcsl[5:17] == ["--rounds", "2", "--round-budget", "1000000000000", "--target-flops", "1e+22",
+                          "--target-unique-tokens", "30000", "--round-runs", "3", "--max-epochs", "16"]
+    rounds, budget, flops, unique, runs, epochs = dcsl[6:17:2]
+    assert study_from_flags(int(rounds), budget, flops, unique, int(runs), int(epochs)) == study  # read back the same
+
+
+def test_submit_checks_the_study_flags_before_anything(tmp_path):
+    result = _dcsl("submit", str(CI_SWEEP), "--store", str(tmp_path / "store"), "--rounds", "2", "--target-flops", "1e15",
+                   "--dry-run")  # fmt: skip
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --round-budget: missing; --rounds 2 needs --round-budget B and --target-flops C\n"
+    assert not (tmp_path / "store").exists()
 
 
 IN_CI = os.environ.get("CI") == "true"  # CI installs shellcheck and starts SLURM: there, missing ones fail

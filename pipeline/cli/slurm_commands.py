@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from pipeline.cli import app, fail
+from pipeline.cli.study_options import checked_study_line, with_study_flags
 
 if TYPE_CHECKING:  # the sweep schema (pydantic, scipy) and the SLURM client load when a command runs
     from pipeline.config import SweepConfig
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # the sweep schema (pydantic, scipy) and the SLURM client loa
 
 
 @app.command("submit")
+@with_study_flags
 def submit_command(
     sweep_file: Path = typer.Argument(..., help="The sweep YAML file."),
     nodes: int = typer.Option(1, "--nodes", help="Nodes of the allocation (>= 1): a Ray head and nodes-1 workers."),
@@ -28,8 +30,13 @@ def submit_command(
     extra_sbatch: str | None = typer.Option(None, "--extra-sbatch", help='More sbatch options, e.g. "--qos=high --constraint=a100".'),
     store: Path | None = typer.Option(None, "--store", help="Store root; default: the file's 'store:'."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the job script; submit nothing, write nothing."),
+    study=None,
 ) -> None:
-    """Submit a sweep to SLURM as one job: a Ray cluster over its nodes runs `dcsl sweep` and requeues on preemption."""
+    """Submit a sweep to SLURM as one job: a Ray cluster over its nodes runs `dcsl sweep` and requeues on preemption.
+
+    With an active study's flags (--rounds R --round-budget B --target-flops C ...), checked here, the
+    job runs the study: `dcsl sweep` with the same flags.
+    """
     from pipeline.config import load_sweep
     from pipeline.submit import JobOptions, partition_has_gpus, prepare_job, render, submit
 
@@ -40,13 +47,16 @@ def submit_command(
     root = (store or Path(sweep.store)).resolve()
     options = JobOptions(**{**options.__dict__, "job_name": f"dcsl-{sweep.name}"})
     _check_fits_job(sweep, options)
+    study_flags = [] if study is None else study.flags()
+    if study is not None:
+        typer.echo(checked_study_line(sweep, study, root), err=True)
     if dry_run:
         log = root / "slurm" / f"{sweep.name}-<time>" / "slurm-%j.out"
-        typer.echo(render(options, sweep_file.resolve(), root, log), nl=False)
+        typer.echo(render(options, sweep_file.resolve(), root, log, study_flags=study_flags), nl=False)
         return
     if gpus_per_node and partition_has_gpus(partition) is False:
         fail("--gpus-per-node", f"{gpus_per_node}, but partition {partition or '(the default)'!r} has no GPUs (sinfo lists no gpu gres)")
-    script = prepare_job(sweep.name, sweep_file, root, options)
+    script = prepare_job(sweep.name, sweep_file, root, options, study_flags=study_flags)
     job_id = submit(script, options)
     typer.echo(f"submitted job {job_id}: sweep {sweep.name}, {nodes} node(s)" + (f" x {gpus_per_node} GPU(s)" if gpus_per_node else ""))
     typer.echo(f"script {script}")

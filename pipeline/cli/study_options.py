@@ -6,6 +6,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -51,3 +52,13 @@ def study_from_flags(rounds: int | None, round_budget: str | None, target_flops:
 
     return active_study(rounds, quantity(round_budget, "--round-budget"), quantity(target_flops, "--target-flops"),
                         quantity(target_unique, "--target-unique-tokens"), round_runs, max_epochs)  # fmt: skip
+
+
+def checked_study_line(sweep, study, store_root: Path) -> str:
+    """Check the active study against the sweep (and its corpus, if tokenized in `store_root`) before any work;
+    what its rounds will do, in one line."""
+    from pipeline.cli.plan_commands import tokenized_corpus
+    from pipeline.study import checked_plan
+
+    corpus = tokenized_corpus(sweep, store_root)
+    return checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)

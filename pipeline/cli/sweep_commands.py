@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli import app
-from pipeline.cli.study_options import with_study_flags
+from pipeline.cli.study_options import checked_study_line, with_study_flags
 
 err = Console(stderr=True)
 
@@ -44,7 +44,7 @@ def sweep_command(
     sweep = load_sweep(config)
     if store is not None:
         sweep = sweep.model_copy(update={"store": str(store)})
-    study_line = None if study is None else _check_study(sweep, study)
+    study_line = None if study is None else checked_study_line(sweep, study, Path(sweep.store))
     if explain:
         _explain(sweep, skip_invalid, study_line)
         return
@@ -133,15 +133,6 @@ def _copy_report(source: Path, destination: Path) -> None:
     for path in sorted(source.iterdir()):
         if path.is_file() and path.name != SUCCESS:
             copy_file_atomic(path, destination / path.name)
-
-
-def _check_study(sweep, study) -> str:
-    """Check the active study against the sweep (and its corpus, if tokenized) before any work; what it will do."""
-    from pipeline.cli.plan_commands import tokenized_corpus
-    from pipeline.study import checked_plan
-
-    corpus = tokenized_corpus(sweep, Path(sweep.store))
-    return checked_plan(sweep, study, corpus["train"]["tokens"] if corpus else None)
 
 
 def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
