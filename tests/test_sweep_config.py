@@ -16,6 +16,7 @@ import pipeline.cli.plan_commands  # noqa: E402,F401  (registers the command)
 from pipeline.cli import main  # noqa: E402
 from pipeline.config import SweepConfig, load_sweep  # noqa: E402
 from pipeline.expand import expand  # noqa: E402
+from pipeline.trunks import plan_trunks  # noqa: E402
 from scaling.errors import InputError  # noqa: E402
 from stages.artifacts import mark_success  # noqa: E402
 from stages.record import RunRecord  # noqa: E402
@@ -221,7 +222,7 @@ def test_plan_checks_unique_tokens_against_a_tokenized_corpus(tmp_path, capsys, 
     assert err.count("warning: skipped grid point") == 2 and "not tokenized" not in err
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "tiny_ci.yaml", "c4_paper.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "tiny_cosine.yaml", "tiny_ci.yaml", "c4_paper.yaml"])
 def test_plan_on_the_built_in_configs(tmp_path, capsys, name):
     code, out, err = run_plan(capsys, REPO / "configs" / name, "--store", tmp_path / "store")
     assert code == 0, err
@@ -229,12 +230,18 @@ def test_plan_on_the_built_in_configs(tmp_path, capsys, name):
     sweep = load_sweep(REPO / "configs" / name)
     runs = expand(sweep)
     assert len(runs) == len({run.name for run in runs})
-    if name == "tiny.yaml":  # issue 15's design: >= 5 sizes over >= 16x, >= 4 budgets, >= 16 epochs on >= 2 budgets
+    if name.startswith("tiny.") or name == "tiny_cosine.yaml":
+        # issue 15's design: >= 5 sizes over >= 16x, >= 4 budgets, >= 16 epochs on >= 2 budgets; WSD trunks in tiny.yaml
         sizes = {run.params_non_embedding for run in runs}
         assert len(sizes) >= 5 and max(sizes) / min(sizes) >= 16 and len({run.unique_tokens for run in runs}) >= 4
         assert min(run.epochs for run in runs) == 1 and len({run.unique_tokens for run in runs if run.epochs >= 16}) >= 2
         assert all(run.resources.cpus == 1 and run.resources.gpus == 0 for run in runs)
         assert [rung.name for rung in sweep.ladder()[1]] == ["n12.4K", "n27.8K", "n49.3K", "n111K", "n222K"]
+        trunks, branches = plan_trunks(runs)
+        schedule = "wsd" if name == "tiny.yaml" else "cosine"
+        assert {run.config.optimizer.schedule for run in runs} == {schedule}
+        assert (len(trunks), len(branches)) == ((25, 47) if schedule == "wsd" else (0, 0)), (len(trunks), len(branches))
+        assert "compute with trunks 1.6073e+13 FLOPs" in out if schedule == "wsd" else "trunks" not in out
     if name == "c4_paper.yaml":
         assert max(run.params for run in runs) > 5e9 and min(run.params for run in runs) < 2e7
         assert sweep.train.backend == "deepspeed" and all(run.resources.gpus >= 1 for run in runs)
