@@ -339,7 +339,7 @@ def _on_bounds(stages: list[Stage], theta: np.ndarray) -> tuple[str, ...]:
             span = stage.upper[j] - stage.lower[j]
             if min(theta[j] - stage.lower[j], stage.upper[j] - theta[j]) <= 1e-6 * span:
                 hits.extend(PARAM_NAMES[k] for k in group)
-    return tuple(hits)
+    return tuple(dict.fromkeys(hits))  # a parameter free in two stages is named once
 
 
 def fit(table: RunTable, spec: FitSpec = FitSpec()) -> FitResult:

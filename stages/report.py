@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -162,10 +163,26 @@ def _rounds_markdown(law_path: Path, rounds: list[dict], records: list[RunRecord
     return rounds_markdown(table, target)
 
 
+def intervals_at_bounds(document: dict) -> list[str]:
+    """`name (lower)` / `name (upper)` for each bootstrap interval of a law.json that reaches its search box."""
+    box, intervals = document.get("bounds") or {}, (document.get("intervals") or {}).get("params", {})
+    edges = []
+    for name, (low, high) in intervals.items():
+        if name in box:
+            edges += [f"{name} ({side})" for side, end, bound in (("lower", low, box[name][0]), ("upper", high, box[name][1]))
+                      if math.isclose(end, bound, rel_tol=1e-6)]  # fmt: skip
+    return edges
+
+
 def fit_checks(document: dict) -> list[str]:
-    """The law's own checks, one line each: parameters on a bound of the search box, and the leave-out extrapolation."""
-    at_bounds = document.get("at_bounds") or []
+    """The law's own checks, one line each: parameters on a bound of the search box, bootstrap intervals that
+    reach one, and the leave-out extrapolation."""
+    at_bounds = list(dict.fromkeys(document.get("at_bounds") or []))
     lines = [f"Parameters on a bound of the fit's search box: {', '.join(at_bounds) if at_bounds else 'none'}."]
+    if document.get("intervals"):
+        edges = intervals_at_bounds(document)
+        lines.append("Bootstrap intervals that reach a bound of the search box: "
+                     + (f"{', '.join(edges)}; the runs do not pin these." if edges else "none."))
     check = document.get("diagnostics", {}).get("extrapolation")
     if check and "skipped" in check:
         lines.append(f"Leave-out check skipped: {check['skipped']}.")

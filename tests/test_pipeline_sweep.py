@@ -36,6 +36,11 @@ def _check_report(folder: Path, runs: int) -> None:
         assert f"| {name} | {value:.6g} |" in text, name
     # the law's own checks: what sits on a bound, and how well it extrapolates to the most compute
     assert f"Parameters on a bound of the fit's search box: {', '.join(law['at_bounds']) or 'none'}." in text
+    if law.get("intervals"):
+        edges = [f"{name} ({side})" for name, ends in law["intervals"]["params"].items()
+                 for side, end, bound in zip(("lower", "upper"), ends, law["bounds"][name]) if abs(end / bound - 1) < 1e-6]
+        assert ("Bootstrap intervals that reach a bound of the search box: "
+                + (f"{', '.join(edges)}; the runs do not pin these." if edges else "none.")) in text
     check = law["diagnostics"]["extrapolation"]
     expected = (f"Leave-out check skipped: {check['skipped']}." if "skipped" in check
                 else f"{check['n_held_out']} others predicted with mean absolute relative error {check['mean_abs_relative_error']:.2%}")
