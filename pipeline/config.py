@@ -225,7 +225,7 @@ class SweepConfig(BaseModel):
     def _consistent(self) -> SweepConfig:
         if isinstance(self.models, LadderModels):
             ladder = self.models.ladder
-            self._ladder = (ladder, ladder.rungs(self.vocab_size()))
+            self._ladder = (ladder, ladder.rungs(self.vocab_size(), self.train.seq_len))
             self.models = [ModelEntry.model_validate(entry) for entry in ladder.entries(self._ladder[1])]
         names = [entry.name for entry in self.models]
         for index, name in enumerate(names):

@@ -22,8 +22,13 @@ Learning rate. rung i gets `lr = peak * (N_i / at) ** exponent`, N_i its exact c
 (`lr = 0.0047 * (N / 108M) ** (-1/3)`, N non-embedding; allenai/OLMo scripts/ladder.py and
 OLMo-core's ladder, after Porian et al. 2024, "Resolving Discrepancies in Compute-Optimal Scaling
 of Language Models"); `peak` and `at` anchor it at a size whose rate was tuned (the built-in
-study: 8e-3 at 12K, the rate its 12K model was tuned to). Batch size is the sweep's `train:` for
-every rung.
+study: 8e-3 at 12K, the rate its 12K model was tuned to).
+
+Batch size. Without `batch:` every rung trains with the sweep's `train.batch_tokens`. With
+`batch: {tokens: B, at: N0, exponent: e}` rung i gets `B * (N_i / N0) ** e` tokens a step, rounded to
+a whole number of sequences (at least one). The default exponent 2/3 is OLMo's model ladder
+(allenai/OLMo scripts/ladder.py: 160 sequences of 2,048 tokens at 108M parameters, times
+(N / 108M)^(2/3)): larger models take larger batches, fewer steps for the same D.
 
 Names: `n<count>`, the exact count to 3 significant digits (`n12.4K`, `n197K`), as a run name's model part.
 """
@@ -41,6 +46,7 @@ from stages.fields import Count
 from stages.shapes import MAX_HEAD_DIM, ModelShape, shape_for_params
 
 OLMO_LR_EXPONENT = -1 / 3
+OLMO_BATCH_EXPONENT = 2 / 3
 MAX_MISS = 1.5  # a target whose nearest shape is further off than this factor is refused
 
 
@@ -70,8 +76,24 @@ class LearningRateRule(BaseModel):
         return float(f"{self.peak * (params / self.at) ** self.exponent:.3g}")
 
 
+class BatchRule(BaseModel):
+    """The per-rung batch: `tokens * (N / at) ** exponent` tokens a step, in whole sequences."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: Count = Field(..., description="tokens per optimizer step at the anchor size `at`")
+    at: Count = Field(..., description="the anchor size (of the kind `params` names) where a step has `tokens` tokens")
+    exponent: float = Field(
+        OLMO_BATCH_EXPONENT, ge=0, le=2, description="how the batch grows with N; default 2/3 (OLMo's model ladder)"
+    )
+
+    def batch_tokens(self, params: int, seq_len: int) -> int:
+        """The rule's tokens per step for a model of `params` parameters: a whole number (>= 1) of `seq_len` sequences."""
+        return max(1, round(self.tokens * (params / self.at) ** self.exponent / seq_len)) * seq_len
+
+
 class Rung(NamedTuple):
-    """One size of a ladder: its name, target, resolved shape and learning rate."""
+    """One size of a ladder: its name, target, resolved shape, learning rate and (with a batch rule) batch."""
 
     name: str
     target: int
@@ -80,6 +102,7 @@ class Rung(NamedTuple):
     heads: int
     params: int  # the count of the ladder's kind (non-embedding or total)
     lr: float
+    batch_tokens: int | None = None  # None: the sweep's train.batch_tokens
 
 
 class Ladder(BaseModel):
@@ -95,6 +118,9 @@ class Ladder(BaseModel):
         "non_embedding", description="what the targets count: non-embedding parameters, or all (tied embedding included)"
     )
     lr: LearningRateRule = Field(..., description="the per-size learning rate rule")
+    batch: BatchRule | None = Field(
+        None, description="the per-size batch rule (tokens per step); null: every size trains with train.batch_tokens"
+    )
     mlp_ratio: int = Field(4, ge=1, le=16, description="MLP width / model width of every rung")
     head_dim: int | None = Field(
         None, ge=2, le=MAX_HEAD_DIM, multiple_of=2,
@@ -125,8 +151,8 @@ class Ladder(BaseModel):
         steps = self.count - 1  # type: ignore[operator]
         return [round(math.exp(low + (high - low) * i / steps)) for i in range(self.count)]  # type: ignore[arg-type]
 
-    def rungs(self, vocab_size: int) -> list[Rung]:
-        """Every size's shape and learning rate; InputError when two targets give one shape."""
+    def rungs(self, vocab_size: int, seq_len: int) -> list[Rung]:
+        """Every size's shape, learning rate and batch (sequences of `seq_len`); InputError when two targets give one shape."""
         rungs: list[Rung] = []
         embedding = vocab_size if self.params == "total" else 0
         for target in self.targets():
@@ -142,13 +168,15 @@ class Ladder(BaseModel):
                 if (other.layers, other.width) == (layers, width):
                     raise InputError("models.ladder.sizes", f"{format_quantity(other.target)} and {format_quantity(target)} both give "
                                      f"{layers} layer(s) of width {width}; widen the range or lower count")
-            rungs.append(Rung(f"n{format_quantity(params, 3)}", target, layers, width, heads, params, self.lr.lr(params)))
+            batch = None if self.batch is None else self.batch.batch_tokens(params, seq_len)
+            rungs.append(Rung(f"n{format_quantity(params, 3)}", target, layers, width, heads, params, self.lr.lr(params), batch))
         return rungs
 
     def entries(self, rungs: list[Rung]) -> list[dict]:
-        """`rungs` (from `rungs`) as `models:` entries (name, shape, mlp_ratio, `train.optimizer.lr`), as if written by hand."""
+        """`rungs` (from `rungs`) as `models:` entries (name, shape, mlp_ratio, `train.optimizer.lr` and, with a batch
+        rule, `train.batch_tokens`), as if written by hand."""
         return [
             {"name": rung.name, "layers": rung.layers, "width": rung.width, "heads": rung.heads, "mlp_ratio": self.mlp_ratio,
-             "train": {"optimizer": {"lr": rung.lr}}}
+             "train": {"optimizer": {"lr": rung.lr}, **({} if rung.batch_tokens is None else {"batch_tokens": rung.batch_tokens})}}
             for rung in rungs
         ]  # fmt: skip

@@ -35,7 +35,7 @@ SWEEP = {
 
 
 def test_ladder_shapes_and_learning_rates():
-    rungs = Ladder.model_validate(LADDER).rungs(vocab_size=512)
+    rungs = Ladder.model_validate(LADDER).rungs(vocab_size=512, seq_len=32)
     # targets 12K x 2.02^i (log-spaced to 200K); widths multiples of 16, heads of dimension 16, aspect 32..128
     assert [r.target for r in rungs] == [12000, 24246, 48990, 98985, 200000]
     assert [(r.name, r.layers, r.width, r.heads, r.params) for r in rungs] == [
@@ -50,7 +50,7 @@ def test_ladder_shapes_and_learning_rates():
 
 def test_ladder_of_total_parameters_is_nearest_among_legal_shapes():
     ladder = Ladder.model_validate({"sizes": ["300K", "1M", "10M"], "params": "total", "lr": {"peak": 1e-3, "at": "1M", "exponent": -0.5}})
-    rungs = ladder.rungs(vocab_size=8192)
+    rungs = ladder.rungs(vocab_size=8192, seq_len=32)
     widths = list(range(32, 256, 32)) + list(range(256, 4097, 64))
     legal = [(layers, width) for layers in range(1, 129) for width in widths if 32 <= width / layers <= 128]
     for rung in rungs:
@@ -74,6 +74,27 @@ def test_ladder_runs_equal_hand_written_models():
     assert [run.config for run in ladder_runs] == [run.config for run in hand_runs]  # so the same step hashes
     assert ladder_runs[-1].config.optimizer.lr == 0.00315 and ladder_runs[-1].params_non_embedding == 196992
     assert SweepConfig.model_validate(hand).ladder() is None
+
+
+def test_a_batch_rule_gives_each_size_its_batch_in_whole_sequences(tmp_path, capsys):
+    sweep = copy.deepcopy(SWEEP)
+    sweep["models"]["ladder"]["batch"] = {"tokens": 256, "at": "12K"}  # 8 sequences of 32 at 12K, x (N / 12K)^(2/3)
+    config = SweepConfig.model_validate(sweep)
+    rungs = config.ladder()[1]
+    assert [r.batch_tokens for r in rungs] == [256, 448, 672, 1056, 1664]
+    for rung in rungs:
+        assert rung.batch_tokens == 32 * round(8 * (rung.params / 12000) ** (2 / 3))
+        assert config.train_for(rung.name).batch_tokens == rung.batch_tokens
+    runs = expand(config)  # 4 epochs of 4K: the whole number of each size's own steps nearest 16,000 tokens
+    assert {run.model: run.tokens for run in runs if run.epochs > 2} == {
+        "n12.4K": 62 * 256, "n27.8K": 36 * 448, "n49.3K": 24 * 672, "n98.6K": 15 * 1056, "n197K": 10 * 1664}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**sweep, "store": str(tmp_path / "store")}))
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "batch = 256 x (N / 12K) ^ 0.6667 tokens" in " ".join(out.split())  # the title may wrap
+    row = next(line for line in out.splitlines() if line.startswith("│ n197K") and "200K" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][-2:] == ["0.00315", "1,664"]
 
 
 def test_plan_shows_the_ladder(tmp_path, capsys):
@@ -103,7 +124,9 @@ BAD = [
      "of width 64, has 49,344 non_embedding parameters; head_dim gives finer steps"),
     ({"sizes": "3K..60K"}, "models.ladder.sizes: 3,000 is below the smallest shape the size table allows (12,384 "
      "non-embedding parameters: one layer, width / layers >= 32)"),
-    ({"widths": 3}, "models.ladder.widths: unknown setting; allowed: sizes, count, params, lr, mlp_ratio, head_dim"),
+    ({"batch": {"tokens": "2K"}}, "models.ladder.batch.at: is required"),
+    ({"batch": {"tokens": "2K", "at": "12K", "exponent": -1}}, "models.ladder.batch.exponent: -1 is not allowed: Input should be greater than or equal to 0"),
+    ({"widths": 3}, "models.ladder.widths: unknown setting; allowed: sizes, count, params, lr, batch, mlp_ratio, head_dim"),
 ]
 
 

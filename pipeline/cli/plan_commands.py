@@ -147,12 +147,16 @@ def _print_ladder(sweep: SweepConfig, out: Console) -> None:
     ladder, rungs = sweep.ladder()
     kind = "non-emb" if ladder.params == "non_embedding" else "total"
     rule = f"lr = {ladder.lr.peak:g} x (N / {format_quantity(ladder.lr.at)}) ^ {ladder.lr.exponent:.4g}"
+    batch = ladder.batch
+    if batch is not None:
+        rule += f", batch = {format_quantity(batch.tokens)} x (N / {format_quantity(batch.at)}) ^ {batch.exponent:.4g} tokens"
     table = Table(title=f"size ladder: {len(rungs)} sizes, N {kind}, {rule}", title_justify="left")
-    for header in ("model", "target", "layers", "width", "heads", f"N {kind}", "lr"):
+    headers = ("model", "target", "layers", "width", "heads", f"N {kind}", "lr") + (() if batch is None else ("batch tokens",))
+    for header in headers:
         table.add_column(header, justify="left" if header == "model" else "right")
     for rung in rungs:
-        table.add_row(rung.name, format_quantity(rung.target), str(rung.layers), str(rung.width), str(rung.heads),
-                      f"{rung.params:,}", f"{rung.lr:.3g}")
+        cells = (rung.name, format_quantity(rung.target), str(rung.layers), str(rung.width), str(rung.heads), f"{rung.params:,}", f"{rung.lr:.3g}")
+        table.add_row(*cells, *(() if batch is None else (f"{rung.batch_tokens:,}",)))
     out.print(table)
 
 

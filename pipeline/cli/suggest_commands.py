@@ -74,7 +74,8 @@ def _suggested_models(base: dict, config, sizes: list[int]) -> tuple[object, dic
     written = base.get("models")
     if isinstance(written, dict) and "ladder" in written:
         rules = {key: value for key, value in written["ladder"].items() if key != "count"}
-        rung_of = {n: Ladder.model_validate(rules | {"sizes": [n]}).rungs(config.vocab_size())[0] for n in sizes}
+        rung_of = {n: Ladder.model_validate(rules | {"sizes": [n]}).rungs(config.vocab_size(), config.train.seq_len)[0]
+                   for n in sizes}
         shapes = {(rung.layers, rung.width): rung for rung in reversed(rung_of.values())}  # the smallest size per shape
         rungs = {rung.target: rung for rung in shapes.values()}
         gap = max(abs(rung.params / n - 1.0) for n, rung in rung_of.items())
