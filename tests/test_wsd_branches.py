@@ -145,6 +145,27 @@ def test_a_killed_trunk_resumes_to_the_same_trunk(data, store, trunk, tmp_path):
     assert all(torch.allclose(resumed[key], original[key], atol=1e-6) for key in original)
 
 
+def test_a_branch_of_a_two_rank_trunk_equals_the_two_rank_independent_run(data, tmp_path):
+    """DDP on two CPU ranks (gloo): the trunk keeps every rank's state at its stop, and the branch goes on from it."""
+    two = {"processes": 2}
+    trunk_dir = tmp_path / "trunk" / "trunk-2"
+    trunk_dir.mkdir(parents=True)
+    write_trunk(trunk_dir, [16], [5, 10, 15])
+    trunk_config = _config(16, "trunk2", optimizer={**RUN["optimizer"], "cooldown": 0.0}, **two)
+    trunk = train(trunk_config, data.path, tmp_path, run_dir=trunk_dir)
+    assert read_record(trunk).world_size == 2 and [p.name for p in checkpoints(trunk)] == ["step-00000016"]
+    run_dir = tmp_path / "train" / "branch-2"
+    run_dir.mkdir(parents=True)
+    write_branch(run_dir, "trunk/trunk-2", trunk, 16, "2" * 16)
+    branch = train(_config(20, "two-ranks", **two), data.path, tmp_path, run_dir=run_dir)
+    independent = train(_config(20, "two-ranks", **two), data.path, tmp_path)
+    record, reference = read_record(branch), read_record(independent)
+    assert record.world_size == reference.world_size == 2 and record.trunk == "trunk/trunk-2"
+    assert abs(record.val_loss - reference.val_loss) < 1e-6
+    losses = [np.array([m["loss"] for m in read_metrics(run)]) for run in (branch, independent)]
+    assert len(losses[0]) == 20 and np.abs(losses[0] - losses[1]).max() < 1e-6
+
+
 class _RecordingMirror:
     """Stands in for `stages.metrics.WandbMirror`: keeps what the run logs."""
 
