@@ -122,6 +122,11 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(study):
     explained = subprocess.run([DCSL, "sweep", str(study["config"]), "--explain", *FLAGS], capture_output=True,
                                text=True, env=sweeps.env())  # fmt: skip
     assert explained.returncode == 0 and f"0 of {GRID + 1} steps will run" in explained.stdout  # tokenize + the grid
+    for suggestion in _suggestions(store):  # and the rounds it finished, with what each chose
+        (folder,) = (store / "suggest").glob(f"tiny-round{suggestion['round']}-*")
+        chosen = ", ".join(run["name"] for run in suggestion["runs"])
+        assert (f"round {suggestion['round']} in the store: done (suggest/{folder.name}), chose {len(suggestion['runs'])} "
+                f"run(s): {chosen}") in explained.stdout
 
 
 def _files(folder: Path) -> list[Path]:

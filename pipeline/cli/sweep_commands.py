@@ -154,4 +154,31 @@ def _explain(sweep, skip_invalid: bool, study_line: str | None) -> None:
     then = f"; then the {' and the '.join(later)} over the runs that succeed" if later else ""
     typer.echo(f"{sum(d.run for _, d in keyed)} of {len(keyed)} steps will run{then}")
     if study_line is not None:
-        typer.echo(f"{study_line}; then the fit and the report (suggest/ in the store: the rounds done)")
+        typer.echo(f"{study_line}; then the fit and the report")
+        for line in _rounds_in_store(Store(Path(sweep.store)), sweep.name):
+            typer.echo(line)
+
+
+def _rounds_in_store(store, sweep_name: str) -> list[str]:
+    """One line per round of this study found in the store (`suggest/<name>-round<k>-<hash>`): its state and,
+    when finished, the runs it chose. The rounds' steps depend on the runs before them, so the study itself
+    decides, when it runs, which of them it reuses."""
+    import json
+    import re
+
+    from pipeline.store import State
+    from stages.suggest import SUGGESTION
+
+    lines = []
+    for info in store.list_steps("suggest"):
+        match = re.fullmatch(rf"{re.escape(sweep_name)}-round(\d+)", info.name)
+        if match is None:
+            continue
+        where = f"suggest/{info.name}-{info.hash}"
+        if info.state is State.DONE:
+            chosen = json.loads((info.path / SUGGESTION).read_text())["runs"]
+            lines.append(f"round {match[1]} in the store: done ({where}), chose {len(chosen)} run(s): "
+                         + (", ".join(run["name"] for run in chosen) or "none"))
+        else:
+            lines.append(f"round {match[1]} in the store: {info.state.value} ({where})" + (f": {info.detail}" if info.detail else ""))
+    return lines
