@@ -3,6 +3,8 @@ and a leave-out extrapolation check (fit below a compute threshold, score the ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from scaling.errors import InputError
@@ -53,14 +55,17 @@ def prediction_quality(observed: np.ndarray, predicted: np.ndarray, delta: float
 
 
 def describe_pool_fit(observed: np.ndarray, predicted: np.ndarray, names, delta: float) -> dict:
-    """Diagnostics of a pool law: goodness of fit and one residual row per run (no leave-out check)."""
+    """Diagnostics of a pool law: goodness of fit and one residual row per run (its leave-out check:
+    `scaling.pool_fit.pool_extrapolation_check`)."""
     rows = [{"run": name, "loss": float(obs), "predicted": float(pred), "residual": float(obs - pred),
              "log_residual": float(np.log(obs) - np.log(pred))} for name, obs, pred in zip(names, observed, predicted)]
     return {**prediction_quality(observed, predicted, delta), "residuals": rows}
 
 
-def extrapolation_check(table: RunTable, spec: FitSpec, threshold: float | None = None) -> dict:
-    """Fit `spec` on runs with C = 6ND <= threshold and report the loss error on the runs above it."""
+def leave_out_check(table: RunTable, threshold: float | None,
+                    fit_and_predict: Callable[[RunTable, RunTable], tuple[np.ndarray, dict]]) -> dict:
+    """Fit on the runs with C = 6ND <= threshold (default: the 75th percentile of C) and score the loss error on the
+    runs above it; `fit_and_predict(train, test)` gives the test runs' predicted loss and the law fitted on train."""
     flops = table.flops
     if threshold is None:
         threshold = float(np.quantile(flops, EXTRAPOLATION_QUANTILE))
@@ -69,27 +74,40 @@ def extrapolation_check(table: RunTable, spec: FitSpec, threshold: float | None 
         raise InputError("extrapolation threshold", f"{threshold:g} FLOPs leaves no runs on one side "
                                                    f"(runs span {flops.min():g} to {flops.max():g})")
     train, test = table.subset(below), table.subset(~below)
-    result = fit(train, spec)
-    predicted = result.law.predict(test.params, test.tokens, test.unique_tokens)
+    predicted, params = fit_and_predict(train, test)
     error = test.loss - predicted
     return {
         "threshold_flops": float(threshold), "n_fit": len(train), "n_held_out": len(test),
         "rmse_loss": _rmse(test.loss, predicted), "mean_abs_error": float(np.abs(error).mean()),
         "max_abs_error": float(np.abs(error).max()), "mean_error": float(error.mean()),
         "mean_abs_relative_error": float(np.abs(error / test.loss).mean()),
-        "params": result.law.params(),
+        "params": params,
     }
+
+
+def extrapolation_check(table: RunTable, spec: FitSpec, threshold: float | None = None) -> dict:
+    """The leave-out check of a one-pool law: fit `spec` on runs with C = 6ND <= threshold, score the runs above it."""
+
+    def fit_and_predict(train: RunTable, test: RunTable) -> tuple[np.ndarray, dict]:
+        law = fit(train, spec).law
+        return law.predict(test.params, test.tokens, test.unique_tokens), law.params()
+
+    return leave_out_check(table, threshold, fit_and_predict)
+
+
+def skipped_when_impossible(check: Callable[[], dict]) -> dict:
+    """The check's result, or `{"skipped": why}` when the runs allow no leave-out split (an InputError)."""
+    try:
+        return check()
+    except InputError as err:
+        return {"skipped": str(err)}
 
 
 def describe_fit(law: Law, table: RunTable, spec: FitSpec, threshold: float | None = None,
                  extrapolate: bool = True) -> dict:
     """All diagnostics of a fitted law: goodness of fit, residuals and (if possible) the extrapolation check."""
     out = {**goodness_of_fit(law, table, spec.delta), "residuals": residual_table(law, table)}
-    if extrapolate:
-        try:
-            out["extrapolation"] = extrapolation_check(table, spec, threshold)
-        except InputError as err:
-            if threshold is not None:
-                raise
-            out["extrapolation"] = {"skipped": str(err)}
+    if extrapolate:  # a threshold the user gave that splits nothing is an error; the default one is skipped
+        out["extrapolation"] = (extrapolation_check(table, spec, threshold) if threshold is not None
+                                else skipped_when_impossible(lambda: extrapolation_check(table, spec)))
     return out

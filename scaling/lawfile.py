@@ -18,13 +18,13 @@ import numpy as np
 
 from scaling import dcsl_version
 from scaling.bootstrap import CONFIDENCE, bootstrap, parameter_intervals, percentile_interval
-from scaling.diagnostics import describe_fit, describe_pool_fit
+from scaling.diagnostics import describe_fit, describe_pool_fit, skipped_when_impossible
 from scaling.errors import InputError
 from scaling.extrapolation import fitted_range
 from scaling.fit import FitResult, FitSpec, fit
 from scaling.laws import BASE_PARAM_NAMES, Law, law_from_params, param_names
 from scaling.objective import LOGGED, R_STARS, THETA_NAMES
-from scaling.pool_fit import PoolFitResult, PoolFitSpec, bootstrap_pools, fit_pools, pool_predictions
+from scaling.pool_fit import PoolFitResult, PoolFitSpec, bootstrap_pools, fit_pools, pool_extrapolation_check, pool_predictions
 from scaling.pool_laws import POOL_LAWS, PoolLaw, pool_law_from_params
 from scaling.runs import RunTable
 
@@ -102,8 +102,10 @@ def fit_pool_law_document(table: RunTable, spec: PoolFitSpec, *, resamples: int 
                           base_source: str | None = None,
                           on_stage: Callable[[str], None] | None = None) -> tuple[PoolFitResult, dict]:
     """Fit a pool law (`multi-pool`, `qqt`) to `table`, bootstrap and diagnose it: the result and its law.json content."""
-    result, samples = _fit_and_resample(fit_pools, bootstrap_pools, table, spec, resamples, seed,
-                                        on_stage or (lambda text: None))
+    report = on_stage or (lambda text: None)
+    result, samples = _fit_and_resample(fit_pools, bootstrap_pools, table, spec, resamples, seed, report)
+    report("diagnostics: extrapolation check")
+    extrapolation = skipped_when_impossible(lambda: pool_extrapolation_check(table, spec))
     problem = result.problem
     intervals = None
     if samples is not None:
@@ -128,7 +130,8 @@ def fit_pool_law_document(table: RunTable, spec: PoolFitSpec, *, resamples: int 
         "bootstrap": None if samples is None else {
             "resamples": int(samples.shape[0]), "seed": seed, "columns": problem.theta_names(),
             "samples": samples.tolist()},
-        "diagnostics": describe_pool_fit(table.loss, pool_predictions(result.law, table), table.names, spec.delta),
+        "diagnostics": {**describe_pool_fit(table.loss, pool_predictions(result.law, table), table.names, spec.delta),
+                        "extrapolation": extrapolation},
         **_provenance(table),
     }
     return result, doc

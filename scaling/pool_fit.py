@@ -19,6 +19,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from scaling.bootstrap import resample_weights
+from scaling.diagnostics import leave_out_check
 from scaling.errors import InputError
 from scaling.fit import DEFAULT_BOUNDS, POLISHED, halving_schedule
 from scaling.laws import BASE_PARAM_NAMES, BaseLaw
@@ -202,3 +203,14 @@ def pool_predictions(law: PoolLaw, table: RunTable) -> np.ndarray:
     """The law's loss for every run of a pool table."""
     return law.predict(table.params, table.pool_tokens, table.pool_unique)
 
+
+
+def pool_extrapolation_check(table: RunTable, spec: PoolFitSpec, threshold: float | None = None) -> dict:
+    """The leave-out check of a pool law: fit `spec` on runs with C = 6ND <= threshold (default: the 75th
+    percentile), score the runs above it (`scaling.diagnostics.leave_out_check`)."""
+
+    def fit_and_predict(train: RunTable, test: RunTable) -> tuple[np.ndarray, dict]:
+        law = fit_pools(train, spec).law
+        return pool_predictions(law, test), law.params()
+
+    return leave_out_check(table, threshold, fit_and_predict)

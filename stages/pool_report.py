@@ -23,7 +23,7 @@ from stages.fit import runs_csv
 from stages.record import RunFailure, RunRecord
 from scaling.lawfile import read_law
 from scaling.pool_allocate import PAYS_SHARE, pays_from, pool_allocation_records
-from stages.report import compute_grid, csv_text, save_png
+from stages.report import compute_grid, csv_text, fit_checks, save_png
 
 REPORT = "report.md"
 ALLOCATION = "allocation.csv"
@@ -81,6 +81,7 @@ def allocation_markdown(law, document: dict, records: list[RunRecord], out_dir: 
     lines = ["## Fitted law", "", f"`{document['law']}` ({document['method']} fit on {document['n_runs']} runs; "
              f"[law.json](law.json)):", "", "| parameter | value |", "| --- | --- |"]  # fmt: skip
     lines += [f"| {name} | {value:.6g} |" for name, value in law.params().items()]
+    lines += ["", *fit_checks(document)]
     lines += ["", "## Allocation across pools", "",
               "With " + ", ".join(f"{format_quantity(u)} unique tokens of {n}" for n, u in zip(names, unique))
               + f": every row in [{ALLOCATION}]({ALLOCATION}).", "",

@@ -161,6 +161,12 @@ def test_dcsl_runs_writes_per_pool_columns_and_the_report_shows_the_pools(pool_s
     assert all((report.parent / name).stat().st_size > 1_000 for name in ("loss_vs_epochs.png", "loss_vs_share.png", "pools.csv"))
     law = json.loads((report.parent / "law.json").read_text())
     assert (law["law"], law["method"], law["pools"], law["n_runs"]) == ("multi-pool", "repetition", ["prose", "code"], 6)
+    # the pool law's own checks, stated in the report; every run here has one compute (one model, one D), so
+    # there is nothing to hold out above the 75th percentile
+    assert law["diagnostics"]["extrapolation"] == {"skipped": "extrapolation threshold: 1.48562e+08 FLOPs leaves no runs on one "
+                                                              "side (runs span 1.48562e+08 to 1.48562e+08)"}
+    assert f"Leave-out check skipped: {law['diagnostics']['extrapolation']['skipped']}." in text
+    assert f"Parameters on a bound of the fit's search box: {', '.join(law['at_bounds']) or 'none'}." in text
     assert "## Allocation across pools" in text and "With 2K unique tokens of prose, 8K unique tokens of code" in text
     allocation = list(csv.DictReader(io.StringIO((report.parent / "allocation.csv").read_text())))
     for row in allocation:  # the optimum spends the compute: C = 6 N sum D_i

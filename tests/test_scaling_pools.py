@@ -8,7 +8,7 @@ from scaling.allocate import allocate
 from scaling.errors import InputError
 from scaling.laws import POOL_LAW_NAMES, BaseLaw, preset
 from scaling.pool_allocate import PAYS_SHARE, allocate_pools, pays_from, stick_shares
-from scaling.pool_fit import PoolFitSpec, bootstrap_pools, fit_pools
+from scaling.pool_fit import PoolFitSpec, bootstrap_pools, fit_pools, pool_extrapolation_check, pool_predictions
 from scaling.pool_laws import POOL_LAWS, pool_law_from_params
 from scaling.runs import read_csv_runs
 
@@ -85,6 +85,24 @@ def test_multi_pool_noiseless_joint_fit_recovers_every_parameter():
     got, truth = result.law.params(), truth_law.params()
     for name, value in truth.items():
         assert got[name] == pytest.approx(value, rel=1e-3), name
+
+
+def test_pool_leave_out_check_fits_below_the_threshold_and_scores_the_rest():
+    table = pool_runs(MULTI_POOL_TRUTH, noise=0.0)  # runs of the true law: the law fitted below extrapolates exactly
+    spec = PoolFitSpec("multi-pool", BaseLaw(**BASE))
+    check = pool_extrapolation_check(table, spec)
+    threshold = float(np.quantile(table.flops, 0.75))
+    below = table.flops <= threshold
+    assert check["threshold_flops"] == threshold and (check["n_fit"], check["n_held_out"]) == (below.sum(), (~below).sum())
+    assert check["mean_abs_relative_error"] < 1e-6 and check["params"]["q.code"] == pytest.approx(0.6, rel=1e-4)
+    noisy = pool_runs(MULTI_POOL_TRUTH)  # 1% noise: the held-out runs' error is the fit's own, computed here again
+    check = pool_extrapolation_check(noisy, spec, threshold=threshold)
+    held_out = noisy.subset(noisy.flops > threshold)
+    law = fit_pools(noisy.subset(noisy.flops <= threshold), spec).law
+    error = np.abs(held_out.loss - pool_predictions(law, held_out)) / held_out.loss
+    assert check["mean_abs_relative_error"] == pytest.approx(error.mean(), rel=1e-9) and 0 < error.mean() < 0.03
+    with pytest.raises(InputError, match="leaves no runs on one side"):
+        pool_extrapolation_check(noisy, spec, threshold=float(noisy.flops.max()))
 
 
 def test_qqt_synthetic_recovery_with_the_base_fixed():
