@@ -77,10 +77,9 @@ def _suggested_models(base: dict, config, sizes: list[int]) -> tuple[object, dic
         rung_of = {n: Ladder.model_validate(rules | {"sizes": [n]}).rungs(config.vocab_size(), config.train.seq_len)[0]
                    for n in sizes}
         shapes = {(rung.layers, rung.width): rung for rung in reversed(rung_of.values())}  # the smallest size per shape
-        rungs = {rung.target: rung for rung in shapes.values()}
         gap = max(abs(rung.params / n - 1.0) for n, rung in rung_of.items())
-        names = {n: rungs[shapes[rung.layers, rung.width].target].name for n, rung in rung_of.items()}
-        return {"ladder": rules | {"sizes": sorted(rungs)}}, names, gap
+        names = {n: shapes[rung.layers, rung.width].name for n, rung in rung_of.items()}
+        return {"ladder": rules | {"sizes": sorted(rung.target for rung in shapes.values())}}, names, gap
     names = {n: f"n{format_quantity(n, 3)}" for n in sizes}
     gap = max(abs(ModelShape(*shape_for_params(n), 1, 1).params.non_embedding / n - 1.0) for n in sizes)
     return [{"name": name, "params": n} for n, name in names.items()], names, gap
