@@ -64,11 +64,17 @@ def describe_pool_fit(observed: np.ndarray, predicted: np.ndarray, names, delta:
 
 def leave_out_check(table: RunTable, threshold: float | None,
                     fit_and_predict: Callable[[RunTable, RunTable], tuple[np.ndarray, dict]]) -> dict:
-    """Fit on the runs with C = 6ND <= threshold (default: the 75th percentile of C) and score the loss error on the
-    runs above it; `fit_and_predict(train, test)` gives the test runs' predicted loss and the law fitted on train."""
+    """Fit on the runs with C = 6ND <= threshold and score the loss error on the runs above it;
+    `fit_and_predict(train, test)` gives the test runs' predicted loss and the law fitted on train.
+
+    The default threshold is the 75th percentile of C; when the runs of the largest C reach down to it (a
+    study of few compute levels), the next smaller C, so that the runs of the largest C are held out."""
     flops = table.flops
     if threshold is None:
         threshold = float(np.quantile(flops, EXTRAPOLATION_QUANTILE))
+        below_top = flops[flops < flops.max()]
+        if threshold >= flops.max() and below_top.size:
+            threshold = float(below_top.max())
     below = flops <= threshold
     if below.all() or not below.any():
         raise InputError("extrapolation threshold", f"{threshold:g} FLOPs leaves no runs on one side "

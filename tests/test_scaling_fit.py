@@ -10,6 +10,7 @@ from scaling.lawfile import fit_law_document, law_document
 from scaling.laws import BaseLaw, preset
 from scaling.objective import ALPHA, R_STARS, THETA_NAMES, FitData, objective
 from scaling.optimize import batched_lbfgs
+from scaling.runs import RunTable
 
 C4_BASE = preset("c4").base
 PUBLISHED_OBJECTIVE = 0.015825935258016132  # the Huber objective at R_D* = 15.387756, R_N* = 5.309743
@@ -167,6 +168,16 @@ def test_diagnostics_on_noiseless_runs_are_perfect():
     ex = report["extrapolation"]
     assert ex["n_fit"] + ex["n_held_out"] == len(runs) and ex["n_held_out"] > 0
     assert ex["max_abs_error"] < 1e-4
+
+
+def test_extrapolation_check_holds_out_the_largest_compute_when_it_reaches_the_75th_percentile():
+    # three sizes at one D, each with 1, 2 and 4 epochs: the 75th percentile of C is the largest C itself
+    n, d = np.repeat([1e8, 4e8, 1.6e9], 3), np.full(9, 2e9)
+    u = d / np.tile([1.0, 2.0, 4.0], 3)
+    table = RunTable.from_columns({"params": n, "tokens": d, "unique_tokens": u, "loss": preset("c4").predict(n, d, u)})
+    ex = extrapolation_check(table, FitSpec(method="repetition", base=C4_BASE))
+    assert (ex["threshold_flops"], ex["n_fit"], ex["n_held_out"]) == (6 * 4e8 * 2e9, 6, 3)  # the 1.6e9 runs held out
+    assert ex["max_abs_error"] < 1e-6
 
 
 def test_extrapolation_check_with_threshold(c4_runs):
